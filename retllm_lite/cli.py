@@ -1,0 +1,7 @@
+"""Command-line interface (placeholder replaced below)."""
+import click
+
+
+@click.group()
+def main() -> None:
+    """retllm: offline multimodal search."""

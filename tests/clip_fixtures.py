@@ -1,0 +1,1 @@
+"""Session fixtures: tiny random-weight open_clip models exported through retllm quantize."""

@@ -1,0 +1,1 @@
+"""Session fixtures: tiny random Gemma3 VLM converted to GGUF."""
