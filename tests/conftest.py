@@ -20,8 +20,15 @@ def isolated_dirs(tmp_path, monkeypatch):
         ("XDG_CONFIG_HOME", "config"),
     ]:
         monkeypatch.setenv(var, str(home / sub))
-    for var in ("RETLLM_DATA_DIR", "RETLLM_CACHE_DIR", "RETLLM_MODELS_DIR", "RETLLM_INDEX",
-                "RETLLM_CLIP_MODEL", "RETLLM_VLM_MODEL", "RETLLM_MMPROJ"):
+    for var in (
+        "RETLLM_DATA_DIR",
+        "RETLLM_CACHE_DIR",
+        "RETLLM_MODELS_DIR",
+        "RETLLM_INDEX",
+        "RETLLM_CLIP_MODEL",
+        "RETLLM_VLM_MODEL",
+        "RETLLM_MMPROJ",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home

@@ -1,0 +1,193 @@
+"""Image loading and CLIP preprocessing in PIL + numpy (no torch).
+
+``preprocess`` reproduces open_clip's eval transform bit for bit: the same PIL calls
+in the same order (resize on the image's own mode, centre crop with torchvision's
+rounding, convert to RGB, /255, normalise in float32). ``load_image`` adds what
+open_clip leaves to the caller: EXIF orientation and, for JPEG, a reduced-size
+decode (``Image.draft``) that keeps at least ``draft_factor`` times the target
+resolution; ``draft_factor=None`` decodes at full size.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What a CLIP image tower expects; stored in every model manifest."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # "shortest" (resize + centre crop) or "squash"
+    crop_rounding: str = "round"  # torchvision rounds the crop offset; HF floors it
+    rgb_first: bool = False  # HF image processors convert to RGB before resizing
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _FILTERS:
+            raise ValueError(f"unsupported interpolation {self.interpolation!r}")
+        if self.resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"unsupported resize_mode {self.resize_mode!r}")
+        if self.crop_rounding not in ("round", "floor"):
+            raise ValueError(f"unsupported crop_rounding {self.crop_rounding!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        size = d.get("size", 224)
+        if isinstance(size, (list, tuple)):
+            if len(size) != 2 or size[0] != size[1]:
+                raise ValueError(f"only square image sizes are supported, got {size}")
+            size = size[0]
+        return cls(
+            size=int(size),
+            mean=tuple(float(x) for x in d.get("mean", OPENAI_MEAN)),
+            std=tuple(float(x) for x in d.get("std", OPENAI_STD)),
+            interpolation=d.get("interpolation", "bicubic"),
+            resize_mode=d.get("resize_mode", "shortest"),
+            crop_rounding=d.get("crop_rounding", "round"),
+            rgb_first=bool(d.get("rgb_first", False)),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "size": self.size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+            "crop_rounding": self.crop_rounding,
+            "rgb_first": self.rgb_first,
+        }
+
+
+@dataclass
+class LoadedImage:
+    image: Image.Image
+    width: int  # as displayed (after EXIF orientation), at full resolution
+    height: int
+    format: str | None = None
+    info: dict = field(default_factory=dict)
+
+
+class ImageLoadError(Exception):
+    """An image that cannot be decoded; the message is one line for the catalog."""
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_standard_mode(img: Image.Image) -> Image.Image:
+    """Map modes PIL cannot resize or convert sensibly (16-bit, float) to 8-bit L.
+
+    open_clip's ``convert("RGB")`` clips 16-bit values to 255 (a white image); we scale
+    instead. 8-bit modes (L, LA, P, RGB, RGBA, CMYK, YCbCr) are left to ``preprocess``
+    so that it matches open_clip exactly.
+    """
+    if img.mode in _SIXTEEN_BIT:
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.nan_to_num(scaled).astype(np.uint8), "L")
+    if img.mode == "1":
+        return img.convert("L")
+    return img
+
+
+def load_image(
+    source: str | os.PathLike | bytes | Image.Image,
+    target_size: int | None = None,
+    draft_factor: float | None = 2.0,
+) -> LoadedImage:
+    """Open and fully decode an image, EXIF orientation applied.
+
+    With ``target_size`` and ``draft_factor``, a JPEG is decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8) that keeps its short side >= draft_factor * target_size.
+    Raises ImageLoadError with a one-line reason for anything unreadable.
+    """
+    if isinstance(source, Image.Image):
+        img = source
+        img.load()
+        width, height = img.size
+        return LoadedImage(img, width, height, img.format)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+            width, height = img.size
+            fmt = img.format
+            if img.format == "JPEG" and target_size and draft_factor:
+                short = min(width, height)
+                want = target_size * draft_factor
+                if short > 2 * want:
+                    scale = short / want
+                    img.draft(None, (math.ceil(width / scale), math.ceil(height / scale)))
+            orientation = img.getexif().get(0x0112, 1)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            img = _to_standard_mode(img)
+    except Image.DecompressionBombWarning as exc:
+        raise ImageLoadError(f"image too large to decode safely: {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"image too large to decode safely: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError("not an image PIL can read (unknown format or not an image)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageLoadError(f"cannot decode image: {exc}") from None
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return LoadedImage(img, width, height, fmt)
+
+
+def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    size = cfg.size
+    resample = _FILTERS[cfg.interpolation]
+    if cfg.resize_mode == "squash":
+        return img.resize((size, size), resample) if img.size != (size, size) else img
+    w, h = img.size
+    # torchvision's Resize(int): short side -> size, long side -> int(size * long / short)
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample)
+    if cfg.crop_rounding == "round":
+        top = round((new_h - size) / 2.0)
+        left = round((new_w - size) / 2.0)
+    else:
+        top = (new_h - size) // 2
+        left = (new_w - size) // 2
+    if (new_w, new_h) != (size, size):
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """PIL image -> float32 array [3, size, size], normalised as the tower expects."""
+    if cfg.rgb_first:
+        img = img.convert("RGB")
+    img = _resize_crop(img, cfg).convert("RGB")
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    arr = (arr - mean) / std
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))

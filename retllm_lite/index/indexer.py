@@ -1,0 +1,350 @@
+"""Incremental indexing of photo folders: embed new and changed files, drop deleted ones,
+recognise moved and copied files by content without re-embedding.
+
+How a run goes:
+
+1. Scan the folders (``scan.py``): every image file with (size, mtime).
+2. Files whose (size, mtime) match the catalog are done. The rest are read by a pool of
+   worker threads, which fingerprint the bytes and, unless that content is already
+   embedded, decode and preprocess them (PIL and numpy release the GIL).
+3. The main thread embeds full batches and commits each batch, with the rows that
+   describe it, in one SQLite transaction. Content already in the index is linked
+   instead: a file whose old path vanished is a *move* (its row and vector keep their
+   label), otherwise a *copy* (the vector bytes are copied).
+4. At the end, rows under the scanned folders that were not seen are deleted and the
+   ANN snapshot is brought up to date.
+
+Interrupting (Ctrl-C, SIGTERM, SIGKILL, power loss) loses at most the batch in flight:
+every committed batch is complete, and the next run resumes from there because those
+files now match the catalog.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..encode.base import Encoder
+from ..encode.preprocess import ImageLoadError
+from ..fingerprint import fingerprint_bytes
+from .scan import FileEntry, Skipped, scan
+from .store import Index
+
+
+@dataclass
+class IndexReport:
+    scanned: int = 0
+    unchanged: int = 0
+    indexed: int = 0
+    moved: int = 0
+    copied: int = 0
+    touched: int = 0  # same content, new mtime: nothing re-embedded
+    removed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    reasons: collections.Counter = field(default_factory=collections.Counter)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    interrupted: bool = False
+    ann: str = "none"
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "scanned": self.scanned,
+            "unchanged": self.unchanged,
+            "indexed": self.indexed,
+            "moved": self.moved,
+            "copied": self.copied,
+            "touched": self.touched,
+            "removed": self.removed,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "reasons": dict(self.reasons),
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "interrupted": self.interrupted,
+            "ann": self.ann,
+        }
+
+
+@dataclass
+class _Loaded:
+    entry: FileEntry
+    fingerprint: str | None = None
+    pixels: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+
+class Indexer:
+    """Keeps an ``Index`` in step with folders of images, using one ``Encoder``."""
+
+    def __init__(
+        self,
+        index: Index,
+        encoder: Encoder,
+        batch_size: int = 32,
+        workers: int | None = None,
+        hidden: bool = False,
+        retry_errors: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ):
+        if not index.writable:
+            raise ValueError("Indexer needs an index opened with writable=True")
+        self.index = index
+        self.catalog = index.catalog
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.workers = workers or min(4, (os.cpu_count() or 2))
+        self.hidden = hidden
+        self.retry_errors = retry_errors
+        self.progress = progress  # progress(stage, done, total)
+        index.set_encoder(encoder.info)
+
+    # ---- worker side (threads: no SQLite here) ---------------------------------------
+    def _load(self, entry: FileEntry, known: frozenset[str]) -> _Loaded:
+        out = _Loaded(entry)
+        try:
+            with open(entry.path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            out.error = f"cannot read file: {exc.strerror or exc}"
+            return out
+        if not data:
+            out.error = "empty file (0 bytes)"
+            return out
+        out.fingerprint = fingerprint_bytes(data)
+        if out.fingerprint in known:
+            return out  # content already embedded: link it, no decode
+        try:
+            loaded = self.encoder.load_image(data)
+            out.pixels = self.encoder.preprocess(loaded.image)
+            out.width, out.height = loaded.width, loaded.height
+        except ImageLoadError as exc:
+            out.error = str(exc)
+        except Exception as exc:  # a decoder bug must not stop the run
+            out.error = f"cannot decode image: {type(exc).__name__}: {exc}"[:300]
+        return out
+
+    # ---- main loop -----------------------------------------------------------------
+    def index_folders(self, roots: Sequence[str | os.PathLike]) -> IndexReport:
+        report = IndexReport()
+        t0 = time.perf_counter()
+        roots_b = [os.path.abspath(os.fsencode(r)) for r in roots]
+        todo: list[FileEntry] = []
+        seen: set[bytes] = set()
+        under: dict[bytes, object] = {}
+        for root in roots_b:
+            skipped: list[tuple[bytes, str]] = []
+            for row in self.catalog.items_under(root):
+                under[row.key] = row
+            if os.path.isfile(root):
+                row = self.catalog.by_key(root)
+                if row is not None:
+                    under[row.key] = row
+            for found in scan(root, hidden=self.hidden):
+                if isinstance(found, Skipped):
+                    skipped.append((found.path, found.reason))
+                    report.reasons[found.reason] += 1
+                    continue
+                if found.path in seen:
+                    continue
+                seen.add(found.path)
+                report.scanned += 1
+                row = under.get(found.path)
+                if (
+                    row is not None
+                    and row.size == found.size
+                    and row.mtime_ns == found.mtime_ns
+                    and (row.status == "ok" or not self.retry_errors)
+                ):
+                    report.unchanged += 1
+                else:
+                    todo.append(found)
+            report.skipped += len(skipped)
+            with self.catalog.transaction(bump=False):
+                self.catalog.replace_skipped(root, os.fsdecode(root), skipped)
+        missing = {key: row for key, row in under.items() if key not in seen}
+        try:
+            self._process(todo, missing, roots_b, report)
+            if missing:
+                with self.catalog.transaction() as seq:
+                    report.removed += self.catalog.delete_items([r.id for r in missing.values()], seq)
+            report.ann = self.index.update_ann(
+                progress=(lambda d, t: self.progress("ann", d, t)) if self.progress else None
+            )
+        except KeyboardInterrupt:
+            report.interrupted = True
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _source_for(self, path: bytes, roots: list[bytes]) -> str:
+        for root in roots:
+            if path == root or path.startswith(root.rstrip(b"/") + b"/"):
+                return os.fsdecode(root)
+        return os.fsdecode(os.path.dirname(path))
+
+    def _process(self, todo: list[FileEntry], missing: dict, roots: list[bytes], report: IndexReport) -> None:
+        if not todo:
+            return
+        known = frozenset(
+            fp
+            for (fp,) in self.catalog.db.execute(
+                "SELECT fingerprint FROM items WHERE status='ok' AND fingerprint IS NOT NULL"
+            )
+        )
+        missing_by_fp: dict[str, list] = collections.defaultdict(list)
+        for row in missing.values():
+            if row.status == "ok" and row.fingerprint:
+                missing_by_fp[row.fingerprint].append(row)
+        pending: list[_Loaded] = []  # decoded, waiting for a full batch
+        linked: list[_Loaded] = []  # errors and already-known content, committed with the batch
+        done = 0
+        total = len(todo)
+        lookahead = 2 * self.batch_size + self.workers
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="retllm-load")
+        queue: collections.deque[Future] = collections.deque()
+        it = iter(todo)
+        try:
+            while True:
+                while len(queue) < lookahead:
+                    entry = next(it, None)
+                    if entry is None:
+                        break
+                    queue.append(pool.submit(self._load, entry, known))
+                if not queue:
+                    break
+                item = queue.popleft().result()
+                if item.pixels is not None:
+                    pending.append(item)
+                else:
+                    linked.append(item)
+                if len(pending) >= self.batch_size or len(linked) >= 4 * self.batch_size:
+                    done += self._commit(pending, linked, missing, missing_by_fp, roots, report)
+                    pending, linked = [], []
+                    if self.progress:
+                        self.progress("embed", done, total)
+            if pending or linked:
+                done += self._commit(pending, linked, missing, missing_by_fp, roots, report)
+                if self.progress:
+                    self.progress("embed", done, total)
+        finally:
+            for fut in queue:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _commit(self, pending, linked, missing, missing_by_fp, roots, report: IndexReport) -> int:
+        vectors = None
+        if pending:
+            t = time.perf_counter()
+            vectors = self.encoder.embed_pixels(np.stack([p.pixels for p in pending]))
+            report.embed_seconds += time.perf_counter() - t
+        cat = self.catalog
+        counts: collections.Counter = collections.Counter()
+        reasons: collections.Counter = collections.Counter()
+        with cat.transaction() as seq:
+            for item in linked:
+                e = item.entry
+                source = self._source_for(e.path, roots)
+                base = {
+                    "key": e.path,
+                    "modality": "image",
+                    "path": e.path,
+                    "source": source,
+                    "size": e.size,
+                    "mtime_ns": e.mtime_ns,
+                    "fingerprint": item.fingerprint,
+                }
+                if item.error is not None:
+                    cat.upsert_item(
+                        seq, None, **base, status="error", error=item.error, width=None, height=None
+                    )
+                    counts["failed"] += 1
+                    reasons[_reason_class(item.error)] += 1
+                    continue
+                own = cat.by_key(e.path)
+                if own is not None and own.fingerprint == item.fingerprint and own.status == "ok":
+                    cat.move_item(own.id, e.path, e.path, source, e.size, e.mtime_ns)
+                    counts["touched"] += 1
+                    continue
+                gone = missing_by_fp.get(item.fingerprint)
+                if gone and own is None:
+                    row = gone.pop()
+                    missing.pop(row.key, None)
+                    cat.move_item(row.id, e.path, e.path, source, e.size, e.mtime_ns)
+                    counts["moved"] += 1
+                    continue
+                found = cat.vector_for_fingerprint(item.fingerprint, "image")
+                if found is None:  # its twin was deleted meanwhile: embed after all
+                    item.error = None
+                    reloaded = self._load(e, frozenset())
+                    if reloaded.pixels is None:
+                        cat.upsert_item(seq, None, **base, status="error", error=reloaded.error)
+                        counts["failed"] += 1
+                        reasons[_reason_class(reloaded.error or "")] += 1
+                        continue
+                    vec = self.encoder.embed_pixels(reloaded.pixels[None])[0]
+                    cat.upsert_item(
+                        seq, vec, **base, status="ok", width=reloaded.width, height=reloaded.height
+                    )
+                    counts["indexed"] += 1
+                    continue
+                twin = cat.get(found[0])
+                cat.upsert_item(
+                    seq,
+                    found[1],
+                    **base,
+                    status="ok",
+                    width=twin.width if twin else None,
+                    height=twin.height if twin else None,
+                )
+                counts["copied"] += 1
+            for item, vec in zip(pending, vectors if vectors is not None else [], strict=True):
+                e = item.entry
+                cat.upsert_item(
+                    seq,
+                    vec,
+                    key=e.path,
+                    modality="image",
+                    path=e.path,
+                    source=self._source_for(e.path, roots),
+                    size=e.size,
+                    mtime_ns=e.mtime_ns,
+                    fingerprint=item.fingerprint,
+                    width=item.width,
+                    height=item.height,
+                    status="ok",
+                )
+                counts["indexed"] += 1
+        # only after the commit: the counts describe durable state
+        for key, n in counts.items():
+            setattr(report, key, getattr(report, key) + n)
+        report.reasons.update(reasons)
+        return len(pending) + len(linked)
+
+
+def _reason_class(error: str) -> str:
+    """Group one-line errors into a few reasons for the end-of-run summary."""
+    e = error.lower()
+    if "empty file" in e:
+        return "empty file"
+    if "too large" in e:
+        return "image too large"
+    if "not an image" in e or "cannot identify" in e:
+        return "not an image"
+    if "cannot read" in e:
+        return "unreadable file"
+    if "truncated" in e or "cannot decode" in e:
+        return "corrupt image"
+    return "other error"

@@ -1,0 +1,95 @@
+"""Walk photo folders: every image file with its size and mtime, and every path skipped.
+
+Symlinks are followed (to files and folders) with a guard against loops; hidden
+entries (".name") are skipped unless asked for. Nothing here raises for a bad entry:
+unreadable folders, loops and dangling links are reported as ``Skipped`` with a
+one-line reason. Paths are raw bytes so any file name survives.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
+)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: bytes  # absolute
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: bytes
+    reason: str
+
+
+def is_image_name(name: bytes) -> bool:
+    return os.path.splitext(name)[1].lower().decode("ascii", "replace") in IMAGE_EXTENSIONS
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "vanished or dangling symlink"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "path too long"
+    return exc.strerror or type(exc).__name__
+
+
+def scan(root: str | bytes | os.PathLike, hidden: bool = False) -> Iterator[FileEntry | Skipped]:
+    """Yield image files under ``root`` (a folder, or a single image file)."""
+    root_b = os.path.abspath(os.fsencode(root))
+    try:
+        st = os.stat(root_b)
+    except OSError as exc:
+        yield Skipped(root_b, _reason(exc))
+        return
+    if stat.S_ISREG(st.st_mode):
+        if is_image_name(root_b):
+            yield FileEntry(root_b, st.st_size, st.st_mtime_ns)
+        return
+    seen_dirs: set[tuple[int, int]] = {(st.st_dev, st.st_ino)}
+    stack = [root_b]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield Skipped(folder, _reason(exc))
+            continue
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            if not hidden and name.startswith(b"."):
+                continue
+            path = entry.path
+            try:
+                est = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                if entry.is_symlink() or is_image_name(name):
+                    yield Skipped(path, _reason(exc))
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                key = (est.st_dev, est.st_ino)
+                if key in seen_dirs:
+                    if entry.is_symlink():
+                        yield Skipped(path, "symlink to a folder already scanned (loop or alias)")
+                    continue
+                seen_dirs.add(key)
+                subdirs.append(path)
+            elif stat.S_ISREG(est.st_mode) and is_image_name(name):
+                yield FileEntry(path, est.st_size, est.st_mtime_ns)
+        stack.extend(reversed(subdirs))

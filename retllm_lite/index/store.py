@@ -1,0 +1,199 @@
+"""``Index``: a folder holding the catalog (SQLite) and, for big collections, an ANN snapshot.
+
+::
+
+    INDEX_DIR/
+      catalog.sqlite3   items, vectors, encoder identity, change sequence (source of truth)
+      ann-<seq>.hnsw    hnswlib snapshot, only above ANN_THRESHOLD vectors
+      writer.lock       held by the one process allowed to write
+
+Readers never take the lock and see one consistent state; a writer opens with
+``Index.open(path, writable=True)``, which takes the lock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..encode.base import EncoderInfo
+from ..errors import EncoderMismatch, IndexNotFound, IndexWriteError
+from ..paths import default_index_dir
+from .catalog import CATALOG_NAME, Catalog, ItemRow
+from .lock import WriterLock
+from .vectors import ANN_THRESHOLD, open_search, remove_stale_files, update_snapshot
+
+_ENCODER_KEYS = ("name", "manifest_sha256", "variant", "dim", "location")
+
+
+class Index:
+    def __init__(self, directory: Path, catalog: Catalog, lock: WriterLock | None, ann_threshold: int):
+        self.directory = directory
+        self.catalog = catalog
+        self.lock = lock
+        self.ann_threshold = ann_threshold
+        self._search = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike | None = None,
+        writable: bool = False,
+        wait: float = 0.0,
+        ann_threshold: int = ANN_THRESHOLD,
+    ) -> Index:
+        """Open an index folder (default: the XDG data dir). ``writable`` creates it and locks it."""
+        directory = Path(path).expanduser() if path else default_index_dir()
+        directory = directory.absolute()
+        if not writable:
+            if not (directory / CATALOG_NAME).exists():
+                raise IndexNotFound(
+                    f"no index at {directory}",
+                    hint="build one with 'retllm index FOLDER' (and the same --index)",
+                )
+            return cls(directory, Catalog.open(directory, readonly=True), None, ann_threshold)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            lock = WriterLock(directory)
+            lock.acquire(wait)
+        except OSError as exc:
+            raise IndexWriteError(
+                f"{directory}: cannot create or lock the index folder ({exc.strerror})",
+                hint="choose a writable location with --index PATH",
+            ) from None
+        try:
+            catalog = Catalog.open(directory, create=True)
+            remove_stale_files(directory, catalog)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(directory, catalog, lock, ann_threshold)
+
+    def close(self) -> None:
+        self.catalog.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def writable(self) -> bool:
+        return self.lock is not None
+
+    # ---- encoder identity ----------------------------------------------------------
+    def encoder_info(self) -> EncoderInfo | None:
+        meta = self.catalog.meta()
+        if "encoder.manifest_sha256" not in meta:
+            return None
+        return EncoderInfo(
+            name=meta["encoder.name"],
+            manifest_sha256=meta["encoder.manifest_sha256"],
+            variant=meta["encoder.variant"],
+            dim=int(meta["encoder.dim"]),
+            location=meta["encoder.location"],
+        )
+
+    def check_encoder(self, info: EncoderInfo) -> None:
+        """Raise EncoderMismatch unless ``info`` is the encoder that built this index."""
+        built = self.encoder_info()
+        if built is None or built.key == info.key:
+            return
+        if built.dim != info.dim:
+            what = f"{info.dim}-dim vectors; the index holds {built.dim}-dim ones"
+        else:
+            what = "different weights (manifest sha256 or variant differ)"
+        raise EncoderMismatch(
+            f"{self.directory}: built with {built.name} {built.variant} "
+            f"(manifest {built.manifest_sha256[:12]}…), but {info.name} {info.variant} "
+            f"(manifest {info.manifest_sha256[:12]}…) has {what}",
+            hint=f"use --clip-model {built.location} (and --variant {built.variant}), "
+            "or another --index for the new model",
+        )
+
+    def set_encoder(self, info: EncoderInfo) -> None:
+        self.check_encoder(info)
+        with self.catalog.transaction(bump=False):
+            for key in _ENCODER_KEYS:
+                self.catalog.set_meta(f"encoder.{key}", str(getattr(info, key)))
+
+    # ---- search --------------------------------------------------------------------
+    def _searcher(self):
+        if self._search is None:
+            info = self.encoder_info()
+            dim = info.dim if info else 0
+            self._search = open_search(self.catalog, self.directory, dim, self.ann_threshold)
+        return self._search
+
+    def refresh(self) -> None:
+        """Forget the loaded vectors; the next search sees the catalog's current state."""
+        self._search = None
+
+    @property
+    def search_kind(self) -> str:
+        return self._searcher().kind
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        where: Callable[[ItemRow], bool] | None = None,
+    ) -> list[tuple[ItemRow, float]]:
+        """The k items nearest to a unit ``query`` vector (cosine), best first.
+
+        ``where`` filters rows; filtered searches fetch more candidates until k pass.
+        Rows deleted since the vectors were loaded are dropped, never returned.
+        """
+        searcher = self._searcher()
+        total = len(searcher)
+        fetch = k if where is None else min(total, max(4 * k, k + 64))
+        while True:
+            labels, scores = searcher.search(query, fetch)
+            rows = self.catalog.get_many(labels.tolist())
+            hits = []
+            for label, score in zip(labels.tolist(), scores.tolist(), strict=True):
+                row = rows.get(label)
+                if row is None or row.status != "ok":
+                    continue
+                if where is not None and not where(row):
+                    continue
+                hits.append((row, float(score)))
+                if len(hits) == k:
+                    return hits
+            if fetch >= total:
+                return hits
+            fetch = min(total, fetch * 4)
+
+    # ---- inspection ----------------------------------------------------------------
+    def stats(self) -> dict:
+        counts = self.catalog.counts()
+        size = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+        info = self.encoder_info()
+        return {
+            "path": str(self.directory),
+            "items": counts,
+            "bytes_on_disk": size,
+            "encoder": None if info is None else {k: getattr(info, k) for k in _ENCODER_KEYS},
+            "ann": self.catalog.get_meta("ann_file"),
+            "seq": self.catalog.seq,
+        }
+
+    def errors(self) -> Iterator[tuple[str, str]]:
+        """(path, reason) for every file that could not be indexed and every path skipped."""
+        for row in self.catalog.all_items(status="error"):
+            yield (os.fsdecode(row.path) if row.path else row.key.decode("utf-8", "replace")), row.error or ""
+        for path, _source, reason in self.catalog.skipped():
+            yield os.fsdecode(path), reason
+
+    def update_ann(self, progress=None) -> str:
+        info = self.encoder_info()
+        if info is None:
+            return "none"
+        return update_snapshot(self.catalog, self.directory, info.dim, self.ann_threshold, progress)

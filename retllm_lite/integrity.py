@@ -1,0 +1,68 @@
+"""Check model files against the sha256 their manifest records, without re-hashing every run.
+
+A full hash of a few hundred MB costs about a second, so a successful check is
+remembered by (path, size, mtime_ns, sha256) in a small JSON file in the cache dir;
+any change to the file invalidates it. ``verify_file(..., force=True)`` always re-hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import BadModelFile
+from .fingerprint import sha256_file
+from .paths import cache_dir
+
+
+def _stamp_file() -> Path:
+    return cache_dir() / "verified-files.json"
+
+
+def _load_stamps() -> dict:
+    try:
+        return json.loads(_stamp_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_stamps(stamps: dict) -> None:
+    path = _stamp_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(stamps))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+
+
+def verify_file(path: str | Path, sha256: str, size: int | None = None, force: bool = False) -> None:
+    """Raise BadModelFile unless ``path`` exists with the given size and sha256."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise BadModelFile(
+            f"{path}: model file missing ({exc.strerror})",
+            hint="re-export or re-download the model",
+        ) from None
+    if size is not None and st.st_size != size:
+        raise BadModelFile(
+            f"{path}: size {st.st_size} bytes, manifest says {size} (truncated or replaced)",
+            hint="re-export or re-download the model",
+        )
+    key = str(path.resolve())
+    stamp = [st.st_size, st.st_mtime_ns, sha256]
+    stamps = _load_stamps()
+    if not force and stamps.get(key) == stamp:
+        return
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise BadModelFile(
+            f"{path}: sha256 {actual[:12]}… does not match the manifest's {sha256[:12]}…",
+            hint="the file is corrupt or was replaced; re-export or re-download the model",
+        )
+    stamps[key] = stamp
+    _save_stamps(stamps)

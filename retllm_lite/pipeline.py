@@ -1,0 +1,193 @@
+"""``Retriever``: the two-stage RetLLM pipeline behind ``retllm search``.
+
+Stage 1 (coarse): the query (text, image, or both) is embedded with the encoder that
+built the index and the index returns its nearest items. Stage 2 (fine, optional): a
+pair scorer (a VLM through llama.cpp) rescores the coarse top-k and reorders them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .encode import Encoder, load_encoder, normalize
+from .encode.base import ImageSource
+from .errors import BadInput, ModelNotFound
+from .index.catalog import ItemRow
+from .index.store import Index
+
+DEFAULT_IMAGE_WEIGHT = 0.5
+
+
+@dataclass
+class SearchHit:
+    """One result. ``score`` is what the results are ordered by."""
+
+    rank: int
+    id: int
+    score: float
+    modality: str
+    path: str | None = None
+    text: str | None = None
+    item_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    clip_score: float | None = None
+    coarse_rank: int | None = None
+    # filled by the fine stage
+    p_true: float | None = None
+    p_false: float | None = None
+    entropy: float | None = None
+    enhanced: bool | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _display_path(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return os.fsdecode(raw)
+
+
+def compose_query(
+    text_vec: np.ndarray | None, image_vec: np.ndarray | None, image_weight: float = DEFAULT_IMAGE_WEIGHT
+) -> np.ndarray:
+    """Text, image, or both: ``normalize(w * image + (1 - w) * text)`` for a composed query."""
+    if text_vec is None and image_vec is None:
+        raise BadInput("give a text query, an image query (--image), or both")
+    if text_vec is None:
+        return normalize(image_vec)
+    if image_vec is None:
+        return normalize(text_vec)
+    if not 0.0 <= image_weight <= 1.0:
+        raise BadInput(f"image weight must be between 0 and 1, got {image_weight}")
+    return normalize(image_weight * image_vec + (1.0 - image_weight) * text_vec)
+
+
+def path_filter(include: Sequence[str] = (), exclude: Sequence[str] = ()):
+    """Row filter from shell-style globs on the full path (``*/2023/*``, ``*.png``)."""
+    if not include and not exclude:
+        return None
+
+    def where(row: ItemRow) -> bool:
+        path = _display_path(row.path) or ""
+        if include and not any(fnmatch.fnmatch(path, g) for g in include):
+            return False
+        return not any(fnmatch.fnmatch(path, g) for g in exclude)
+
+    return where
+
+
+class Retriever:
+    """Search an index with text and/or image queries; optionally rerank with a scorer."""
+
+    def __init__(self, index: Index, encoder: Encoder | None = None, scorer=None):
+        self.index = index
+        if encoder is None:
+            encoder = self._encoder_for(index)
+        index.check_encoder(encoder.info)
+        self.encoder = encoder
+        self.scorer = scorer
+
+    @staticmethod
+    def _encoder_for(index: Index) -> Encoder:
+        info = index.encoder_info()
+        if info is None:
+            raise ModelNotFound(
+                f"{index.directory}: the index is empty (no encoder recorded yet)",
+                hint="run 'retllm index FOLDER' first",
+            )
+        try:
+            return load_encoder(info.location, variant=info.variant)
+        except ModelNotFound:
+            raise ModelNotFound(
+                f"the model that built {index.directory} ({info.name}, manifest "
+                f"{info.manifest_sha256[:12]}…) is no longer at {info.location}",
+                hint="pass --clip-model DIR pointing at the same model",
+            ) from None
+
+    @classmethod
+    def open(cls, index_path=None, clip_model=None, variant: str | None = None, scorer=None) -> Retriever:
+        index = Index.open(index_path)
+        encoder = None
+        if clip_model is not None:
+            built = index.encoder_info()
+            encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
+        return cls(index, encoder, scorer)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def embed_query(
+        self,
+        text: str | None = None,
+        image: ImageSource | None = None,
+        image_weight: float = DEFAULT_IMAGE_WEIGHT,
+    ) -> np.ndarray:
+        text_vec = self.encoder.embed_texts([text])[0] if text else None
+        image_vec = None
+        if image is not None:
+            if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
+                raise BadInput(f"{image}: no such image file", hint="check the --image path")
+            from .encode import ImageLoadError
+
+            try:
+                image_vec = self.encoder.embed_images([image])[0]
+            except ImageLoadError as exc:
+                raise BadInput(f"{image}: {exc}", hint="pass a readable image file") from None
+        return compose_query(text_vec, image_vec, image_weight)
+
+    def search(
+        self,
+        text: str | None = None,
+        image: ImageSource | None = None,
+        k: int = 10,
+        image_weight: float = DEFAULT_IMAGE_WEIGHT,
+        threshold: float | None = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        modality: str | None = None,
+    ) -> list[SearchHit]:
+        """Coarse search: the k best items for the query, best first."""
+        if k <= 0:
+            raise BadInput(f"k must be positive, got {k}")
+        query = self.embed_query(text, image, image_weight)
+        pf = path_filter(include, exclude)
+        where = pf
+        if modality is not None:
+
+            def where(row: ItemRow) -> bool:
+                return row.modality == modality and (pf is None or pf(row))
+
+        hits = []
+        for row, score in self.index.search(query, k, where):
+            if threshold is not None and score < threshold:
+                break
+            hits.append(
+                SearchHit(
+                    rank=len(hits) + 1,
+                    id=row.id,
+                    score=score,
+                    clip_score=score,
+                    coarse_rank=len(hits) + 1,
+                    modality=row.modality,
+                    path=_display_path(row.path),
+                    text=row.text,
+                    item_id=row.item_id,
+                    width=row.width,
+                    height=row.height,
+                )
+            )
+        return hits
