@@ -144,7 +144,7 @@ def check_parity(tower: Tower, session, batches=(1, 5), seed: int = 1234) -> dic
     }
 
 
-def _time_session(tower: Tower, session, batch: int = 8, repeats: int = 3) -> float:
+def _time_session(tower: Tower, session, batch: int = 8, repeats: int = 5) -> float:
     feeds = tower.make_inputs(np.random.default_rng(7), batch)
     _ort_run(session, feeds)
     best = float("inf")
