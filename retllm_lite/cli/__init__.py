@@ -1,0 +1,14 @@
+"""The ``retllm`` command: a thin layer over the library (parse, call, print).
+
+Each command lives in its own module and registers itself on the ``cli`` group.
+Library errors (``RetllmError``) become one-line messages; set RETLLM_DEBUG=1 for a traceback.
+"""
+
+from __future__ import annotations
+
+from . import index_cmd, info_cmd, quantize_cmd, search_cmd  # noqa: F401  (register commands)
+from .app import cli
+
+main = cli
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,79 @@
+"""The ``retllm`` click group, its error handling and the options commands share."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..errors import RetllmError
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RetllmError as exc:
+            if os.environ.get("RETLLM_DEBUG"):
+                raise
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="retllm")
+def cli() -> None:
+    """retllm: search your photos and captions offline (CLIP + a local VLM reranker)."""
+
+
+index_option = click.option(
+    "--index",
+    "index_path",
+    type=click.Path(path_type=Path),
+    envvar="RETLLM_INDEX",
+    help="Index folder (default: $RETLLM_INDEX, else the XDG data dir).",
+)
+clip_option = click.option(
+    "--clip-model",
+    help="CLIP model: a folder from 'retllm quantize clip' or a model name.",
+)
+variant_option = click.option(
+    "--variant",
+    type=click.Choice(["int8", "fp32"]),
+    help="Model variant (default: the index's, else int8).",
+)
+
+
+def progress_enabled(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+class Bars:
+    """tqdm bars per stage, on stderr."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            desc, unit = {"embed": ("indexing", "img"), "ann": ("ANN index", "vec")}.get(stage, (stage, "it"))
+            bar = self.bars[stage] = tqdm(
+                total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True
+            )
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -1,0 +1,119 @@
+"""``retllm index``: add folders to an index or bring them up to date."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from .app import (
+    Bars,
+    cli,
+    clip_option,
+    index_option,
+    progress_enabled,
+    raise_keyboard_interrupt,
+    variant_option,
+)
+from .output import emit_json, emit_table, output_options
+
+
+@cli.command("index")
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@index_option
+@clip_option
+@variant_option
+@click.option("--batch-size", default=32, show_default=True, help="Images per embedding batch.")
+@click.option("--workers", type=int, help="Threads decoding images (default: min(4, CPUs)).")
+@click.option("--hidden", is_flag=True, help="Also index hidden files and folders (.name).")
+@click.option("--retry-errors", is_flag=True, help="Try files that failed before, even if unchanged.")
+@click.option("--wait", type=float, default=0.0, help="Wait this many seconds for another indexer to finish.")
+@click.option("--errors", "list_errors", is_flag=True, help="List what could not be indexed, and stop.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@output_options()
+def index_cmd(
+    folders,
+    index_path,
+    clip_model,
+    variant,
+    batch_size,
+    workers,
+    hidden,
+    retry_errors,
+    wait,
+    list_errors,
+    progress,
+    output_format,
+):
+    """Add photo FOLDERS to the index, or bring them up to date.
+
+    New and changed files are embedded, deleted ones dropped, moved ones recognised by
+    content. Interrupt at any time: the next run resumes where this one stopped.
+    """
+    from ..encode import load_encoder
+    from ..index.indexer import Indexer
+    from ..index.store import Index
+
+    if list_errors:
+        with Index.open(index_path) as idx:
+            rows = [{"path": p, "reason": r} for p, r in idx.errors()]
+        if output_format in ("json", "nl"):
+            emit_json(rows, output_format)
+        elif rows:
+            emit_table(rows, [("reason", "reason", "{}"), ("path", "path", "{}")])
+        else:
+            click.echo("No errors.", err=True)
+        return
+    if not folders:
+        raise click.UsageError("give at least one FOLDER to index (or --errors)")
+    for folder in folders:
+        if not folder.exists():
+            raise click.BadParameter(f"{folder}: no such file or folder", param_hint="FOLDERS")
+    with Index.open(index_path, writable=True, wait=wait) as idx:
+        built = idx.encoder_info()
+        if clip_model is None and built is not None:
+            encoder = load_encoder(built.location, variant=variant or built.variant)
+        else:
+            encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
+        bars = Bars(progress_enabled(progress))
+        indexer = Indexer(
+            idx,
+            encoder,
+            batch_size=batch_size,
+            workers=workers,
+            hidden=hidden,
+            retry_errors=retry_errors,
+            progress=bars,
+        )
+        old = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+        try:
+            report = indexer.index_folders([str(f) for f in folders])
+        finally:
+            signal.signal(signal.SIGTERM, old)
+            bars.close()
+    if output_format in ("json", "nl"):
+        emit_json({**report.to_dict(), "index": str(idx.directory)}, "json")
+    else:
+        _print_report(report, idx.directory)
+    if report.interrupted:
+        sys.exit(130)
+
+
+def _print_report(report, directory: Path) -> None:
+    parts = [f"{report.indexed} indexed"]
+    for name in ("moved", "copied", "touched", "removed"):
+        n = getattr(report, name)
+        if n:
+            parts.append(f"{n} {name}")
+    parts.append(f"{report.unchanged} unchanged")
+    line = ", ".join(parts)
+    rate = f"{report.images_per_second:.1f} img/s" if report.indexed else ""
+    click.echo(f"{line} ({report.seconds:.1f}s{', ' + rate if rate else ''}) in {directory}", err=True)
+    problems = report.failed + report.skipped
+    if problems:
+        why = ", ".join(f"{n} {reason}" for reason, n in report.reasons.most_common())
+        click.echo(f"{problems} not indexed: {why}. List them with: retllm index --errors", err=True)
+    if report.interrupted:
+        click.echo("Interrupted: finished work is saved. Run the same command again to resume.", err=True)

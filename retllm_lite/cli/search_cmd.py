@@ -1,0 +1,59 @@
+"""``retllm search``: text, image or composed queries over an index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .app import cli, clip_option, index_option, variant_option
+from .output import emit_json, emit_paths, emit_table, output_options
+
+
+@cli.command("search")
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(path_type=Path), help="Query image (with TEXT: a composed query).")
+@click.option(
+    "--image-weight",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the image in a text+image query.",
+)
+@click.option(
+    "-k", "--top", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of results."
+)
+@click.option("--threshold", type=float, help="Drop results scoring below this cosine similarity.")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
+@index_option
+@clip_option
+@variant_option
+@output_options(paths=True)
+def search_cmd(
+    text, image, image_weight, k, threshold, include, exclude, index_path, clip_model, variant, output_format
+):
+    """Find photos matching TEXT and/or an --image."""
+    from ..pipeline import Retriever
+
+    if not text and image is None:
+        raise click.UsageError("give a TEXT query, --image PATH, or both")
+    with Retriever.open(index_path, clip_model=clip_model, variant=variant) as retriever:
+        hits = retriever.search(
+            text=text,
+            image=image,
+            k=k,
+            image_weight=image_weight,
+            threshold=threshold,
+            include=include,
+            exclude=exclude,
+        )
+    rows = [h.to_dict() for h in hits]
+    if output_format in ("json", "nl"):
+        emit_json(rows, output_format)
+    elif output_format == "paths":
+        emit_paths([h.path or h.text or "" for h in hits])
+    elif rows:
+        emit_table(rows, [("rank", "#", "{}"), ("score", "score", "{:.3f}"), ("path", "path", "{}")])
+    else:
+        click.echo("No results.", err=True)
