@@ -91,6 +91,10 @@ class ClipManifest:
     def default_variant(self) -> str:
         return "int8" if "int8" in self.variants else "fp32"
 
+    def tower_output(self, variant: str, tower: str) -> str | None:
+        """Name of the ONNX output holding the embedding (None: the first output)."""
+        return self.data["variants"][variant][tower].get("output")
+
     def tower_file(self, variant: str, tower: str, verify: bool = True) -> Path:
         try:
             entry = self.data["variants"][variant][tower]

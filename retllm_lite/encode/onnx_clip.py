@@ -55,6 +55,7 @@ class OnnxClipEncoder:
         self.variant = variant or self.manifest.default_variant()
         # Resolve (and verify) both files now: a bad model fails before any work starts.
         self._paths = {t: self.manifest.tower_file(self.variant, t) for t in ("image", "text")}
+        self._outputs = {t: self.manifest.tower_output(self.variant, t) for t in ("image", "text")}
         self.preprocess_config = self.manifest.preprocess
         self.threads = threads
         self.batch_size = batch_size
@@ -97,7 +98,8 @@ class OnnxClipEncoder:
                 f"that its manifest's preprocessing does not provide",
                 hint="re-export the model with 'retllm quantize clip'",
             )
-        (out,) = sess.run(None, {n: feeds[n] for n in names})[:1]
+        output = self._outputs[tower]
+        out = sess.run([output] if output else None, {n: feeds[n] for n in names})[0]
         return normalize(out)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
