@@ -1,0 +1,282 @@
+"""Build a tiny random-weight Gemma3 vision-language checkout (Hugging Face layout).
+
+Used by tests, benchmarks and smoke runs (``retllm quantize vlm --random-init``): it has
+the real architecture, tokenizer files and chat template of Gemma3, so it goes through
+llama.cpp's converter and runtime like a published checkpoint, in seconds.
+
+Shape (see docs/rerank.md): text 6 layers, hidden 256, 4 heads / 2 KV heads of 64, a
+512-piece SentencePiece BPE vocabulary trained here; vision SigLIP 2 layers, hidden 128,
+64x64 images in 8x8 patches pooled to 16 tokens per image. Weight matrices are drawn
+from N(0, 0.08) (the default 0.02 init gives flat, near-uniform outputs). The (tied)
+embedding rows of "True" and "False" get ``answer_boost`` times the unit direction of the
+"\n" embedding added: the answer position follows "<start_of_turn>model\n", whose
+residual stream carries that direction, so both answers get substantial probability
+(P(True) about 0.03-0.5) and their balance still depends on the query and candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from retllm_lite.errors import BadInput, require
+
+VOCAB_SIZE = 512
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+TOKENS_PER_IMAGE = 16
+
+PAD, EOS, BOS, UNK = 0, 1, 2, 3
+SPECIAL_PIECES = [
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+    "\n",
+    "\n\n",
+]
+# Words the answers are read from: each must end up a single piece.
+ANSWER_WORDS = ["True", "False", "Yes", "No", *[str(d) for d in range(10)]]
+
+# Gemma-style chat template (strings and typed content lists); llama.cpp recognises it by
+# "<start_of_turn>" and renders the same text with its built-in Gemma formatter.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] | trim + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+_VOCABULARY = """
+a an the of in on with and or is are this that these image picture photo caption query
+candidate does do match matches describe describes show shows same content answer
+question which number only first second modified by relevant to text dog cat bird horse
+car bus train boat plane bike tree flower house street beach mountain river sky city
+park table chair cup book phone ball kite person man woman child red blue green yellow
+black white small large old young running sitting standing flying eating playing near
+under over next two three many snow grass water night day sunny cloudy
+"""
+_WORDS = _VOCABULARY.split()
+
+
+def _corpus(rng: random.Random, n_lines: int = 3000) -> list[str]:
+    lines = []
+    for _ in range(n_lines):
+        words = rng.choices(_WORDS, k=rng.randint(4, 14))
+        line = " ".join(words)
+        line = line[0].upper() + line[1:]
+        roll = rng.random()
+        if roll < 0.35:
+            line += f"? Answer True or False. {rng.choice(['True', 'False'])}"
+        elif roll < 0.5:
+            line += f"? {rng.choice(['Yes', 'No'])}."
+        elif roll < 0.7:
+            line = f"{rng.randint(0, 9)}: {line}. Answer {rng.randint(0, 9)}"
+        lines.append(line + ".")
+        # Answers and turn headers start a line (after "model\n"), with no space before.
+        lines.append(rng.choice([*ANSWER_WORDS, "user", "model", "Query", "Caption"]))
+    return lines
+
+
+def _train_tokenizer(work: Path, seed: int) -> Path:
+    spm = require("sentencepiece", "export", "Building the tiny test VLM")
+    model_path = work / "tokenizer.model"
+    # Trained from memory so the saved model holds no temporary paths: same seed, same bytes.
+    with open(model_path, "wb") as writer:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(_corpus(random.Random(seed))),
+            model_writer=writer,
+            model_type="bpe",
+            vocab_size=VOCAB_SIZE,
+            pad_id=PAD,
+            eos_id=EOS,
+            bos_id=BOS,
+            unk_id=UNK,
+            pad_piece="<pad>",
+            eos_piece="<eos>",
+            bos_piece="<bos>",
+            unk_piece="<unk>",
+            user_defined_symbols=SPECIAL_PIECES,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            byte_fallback=True,
+            character_coverage=1.0,
+            minloglevel=2,
+            num_threads=1,
+        )
+    proc = spm.SentencePieceProcessor(model_file=str(model_path))
+    for word in ANSWER_WORDS:
+        if len(proc.encode(word)) != 1:
+            raise BadInput(f"tiny tokenizer (seed {seed}) splits '{word}'; pick another seed")
+    return model_path
+
+
+def _config(piece_id: dict[str, int]) -> dict[str, Any]:
+    return {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "bos_token_id": BOS,
+        "eos_token_id": EOS,
+        "pad_token_id": PAD,
+        "boi_token_index": piece_id["<start_of_image>"],
+        "eoi_token_index": piece_id["<end_of_image>"],
+        "image_token_index": piece_id["<image_soft_token>"],
+        "mm_tokens_per_image": TOKENS_PER_IMAGE,
+        "text_config": {
+            "model_type": "gemma3_text",
+            "vocab_size": VOCAB_SIZE,
+            "hidden_size": 256,
+            "intermediate_size": 512,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 64,
+            "query_pre_attn_scalar": 64,
+            "sliding_window": 512,
+            "max_position_embeddings": 4096,
+            "rope_theta": 1_000_000.0,
+            "rope_local_base_freq": 10_000.0,
+            "bos_token_id": BOS,
+            "eos_token_id": EOS,
+            "pad_token_id": PAD,
+        },
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
+            "layer_norm_eps": 1e-6,
+            "vision_use_head": False,
+        },
+    }
+
+
+def _reinit(model: Any, seed: int, piece_id: dict[str, int], answer_boost: float) -> None:
+    torch = require("torch", "export", "Building the tiny test VLM")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _name, param in sorted(model.named_parameters()):
+            if param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.08)
+        emb = model.get_input_embeddings().weight
+        direction = emb[piece_id["\n"]] / emb[piece_id["\n"]].norm()
+        for word in ("True", "False"):
+            emb[piece_id[word]] += answer_boost * direction
+
+
+def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, answer_boost: float = 2.0) -> Path:
+    """Write a tiny random Gemma3 checkout to ``out_dir`` (created; must not exist or be empty).
+
+    Deterministic for a given seed (tokenizer and weights). Returns ``out_dir``. Needs the
+    ``export`` extra (torch, transformers 4.57, sentencepiece).
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise BadInput(f"{out} is not empty", hint="build the tiny VLM into a new directory")
+    transformers = require("transformers", "export", "Building the tiny test VLM")
+    torch = require("torch", "export", "Building the tiny test VLM")
+    spm = require("sentencepiece", "export", "Building the tiny test VLM")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".tiny-gemma3-", dir=out.parent))
+    try:
+        tok_model = _train_tokenizer(work, seed)
+        proc = spm.SentencePieceProcessor(model_file=str(tok_model))
+        piece_id = {proc.id_to_piece(i): i for i in range(proc.get_piece_size())}
+
+        stage = work / "checkout"
+        stage.mkdir()
+        config = transformers.Gemma3Config(**_config(piece_id))
+        torch.manual_seed(seed)
+        model = transformers.Gemma3ForConditionalGeneration(config).eval()
+        _reinit(model, seed, piece_id, answer_boost)
+        model.save_pretrained(stage, safe_serialization=True)
+
+        shutil.copy(tok_model, stage / "tokenizer.model")
+        _write_tokenizer_files(stage)
+        _write_preprocessor(stage)
+        # Top-level ids: without them the GGUF silently lacks bos/eos/pad.
+        cfg_path = stage / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.update(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+        out.mkdir(parents=True, exist_ok=True)
+        for item in stage.iterdir():
+            shutil.move(str(item), out / item.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _write_tokenizer_files(stage: Path) -> None:
+    specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                "unk_token": "<unk>"}
+    extra = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+             "image_token": "<image_soft_token>"}
+    added = {}
+    for idx, piece in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", *SPECIAL_PIECES]):
+        added[str(idx)] = {
+            "content": piece, "lstrip": False, "rstrip": False, "normalized": False,
+            "single_word": False, "special": not piece.startswith("\n"),
+        }
+    config = {
+        "tokenizer_class": "GemmaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "spaces_between_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 4096,
+        "sp_model_kwargs": {},
+        "added_tokens_decoder": added,
+        "extra_special_tokens": extra,
+        "chat_template": CHAT_TEMPLATE,
+        **specials,
+        **extra,
+    }
+    (stage / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (stage / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+
+
+def _write_preprocessor(stage: Path) -> None:
+    pre = {
+        "image_processor_type": "Gemma3ImageProcessor",
+        "processor_class": "Gemma3Processor",
+        "do_resize": True,
+        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "do_convert_rgb": True,
+        "do_pan_and_scan": False,
+        "image_seq_length": TOKENS_PER_IMAGE,
+    }
+    (stage / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    proc = {"processor_class": "Gemma3Processor", "image_seq_length": TOKENS_PER_IMAGE}
+    (stage / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
