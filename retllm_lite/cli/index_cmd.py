@@ -31,6 +31,23 @@ from .output import emit_json, emit_table, output_options
 @click.option("--retry-errors", is_flag=True, help="Try files that failed before, even if unchanged.")
 @click.option("--wait", type=float, default=0.0, help="Wait this many seconds for another indexer to finish.")
 @click.option("--errors", "list_errors", is_flag=True, help="List what could not be indexed, and stop.")
+@click.option(
+    "--texts",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A caption collection: .txt (one a line) or .jsonl {id, text} (repeatable).",
+)
+@click.option(
+    "--items",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="An item collection: .jsonl {id, image, text} (repeatable).",
+)
+@click.option(
+    "--item-image-weight",
+    type=click.FloatRange(0, 1),
+    help="Image weight w of image+text items: normalize(w*image + (1-w)*text). Default 0.5.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @output_options()
 def index_cmd(
@@ -44,16 +61,19 @@ def index_cmd(
     retry_errors,
     wait,
     list_errors,
+    texts,
+    items,
+    item_image_weight,
     progress,
     output_format,
 ):
-    """Add photo FOLDERS to the index, or bring them up to date.
+    """Add photo FOLDERS (and --texts/--items collections) to the index, or bring them up to date.
 
     New and changed files are embedded, deleted ones dropped, moved ones recognised by
     content. Interrupt at any time: the next run resumes where this one stopped.
     """
     from ..encode import load_encoder
-    from ..index.indexer import Indexer
+    from ..index.indexer import Indexer, IndexReport
     from ..index.store import Index
 
     if list_errors:
@@ -66,11 +86,11 @@ def index_cmd(
         else:
             click.echo("No errors.", err=True)
         return
-    if not folders:
-        raise click.UsageError("give at least one FOLDER to index (or --errors)")
-    for folder in folders:
-        if not folder.exists():
-            raise click.BadParameter(f"{folder}: no such file or folder", param_hint="FOLDERS")
+    if not folders and not texts and not items:
+        raise click.UsageError("give a FOLDER, --texts FILE or --items FILE to index (or --errors)")
+    for path in (*folders, *texts, *items):
+        if not path.exists():
+            raise click.BadParameter(f"{path}: no such file or folder", param_hint="FOLDERS")
     with Index.open(index_path, writable=True, wait=wait) as idx:
         built = idx.encoder_info()
         if clip_model is None and built is not None:
@@ -86,10 +106,15 @@ def index_cmd(
             hidden=hidden,
             retry_errors=retry_errors,
             progress=bars,
+            item_image_weight=item_image_weight,
         )
         old = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
         try:
-            report = indexer.index_folders([str(f) for f in folders])
+            report = indexer.index_folders([str(f) for f in folders]) if folders else IndexReport()
+            for kind, files in (("texts", texts), ("items", items)):
+                for f in files:
+                    if not report.interrupted:
+                        report += indexer.index_collection(f, kind)
         finally:
             signal.signal(signal.SIGTERM, old)
             bars.close()

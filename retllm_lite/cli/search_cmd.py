@@ -26,14 +26,30 @@ from .output import emit_json, emit_paths, emit_table, output_options
 @click.option("--threshold", type=float, help="Drop results scoring below this cosine similarity.")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
+@click.option(
+    "--modality",
+    type=click.Choice(["image", "text", "image+text"]),
+    help="Only results of this kind (e.g. text: image-to-caption retrieval).",
+)
 @index_option
 @clip_option
 @variant_option
 @output_options(paths=True)
 def search_cmd(
-    text, image, image_weight, k, threshold, include, exclude, index_path, clip_model, variant, output_format
+    text,
+    image,
+    image_weight,
+    k,
+    threshold,
+    include,
+    exclude,
+    modality,
+    index_path,
+    clip_model,
+    variant,
+    output_format,
 ):
-    """Find photos matching TEXT and/or an --image."""
+    """Find photos (or captions, or image+text items) matching TEXT and/or an --image."""
     from ..pipeline import Retriever
 
     if not text and image is None:
@@ -47,6 +63,7 @@ def search_cmd(
             threshold=threshold,
             include=include,
             exclude=exclude,
+            modality=modality,
         )
     rows = [h.to_dict() for h in hits]
     if output_format in ("json", "nl"):
@@ -54,6 +71,26 @@ def search_cmd(
     elif output_format == "paths":
         emit_paths([h.path or h.text or "" for h in hits])
     elif rows:
-        emit_table(rows, [("rank", "#", "{}"), ("score", "score", "{:.3f}"), ("path", "path", "{}")])
+        emit_table(table_rows(hits), table_columns(hits))
     else:
         click.echo("No results.", err=True)
+
+
+def _describe(hit) -> str:
+    """The table's last column: the path, the caption, or both for an image+text item."""
+    if hit.modality == "text":
+        return f"[{hit.item_id}] {hit.text}" if hit.item_id else hit.text or ""
+    if hit.modality == "image+text":
+        return f"[{hit.item_id}] {hit.path}  {hit.text}"
+    return hit.path or ""
+
+
+def table_rows(hits) -> list[dict]:
+    return [{**h.to_dict(), "item": _describe(h)} for h in hits]
+
+
+def table_columns(hits) -> list[tuple[str, str, str]]:
+    columns = [("rank", "#", "{}"), ("score", "score", "{:.3f}")]
+    if len({h.modality for h in hits}) > 1:
+        columns.append(("modality", "kind", "{}"))
+    return [*columns, ("item", "path" if all(h.modality == "image" for h in hits) else "item", "{}")]

@@ -255,15 +255,21 @@ class Catalog:
         return next(self._rows(f"SELECT {_COLUMNS} FROM items WHERE key=?", (key,)), None)
 
     def items_under(self, root: bytes) -> Iterator[ItemRow]:
-        """Image items whose path is inside folder ``root`` (raw bytes, no trailing slash)."""
+        """Image files indexed from folders, inside ``root`` (raw bytes, no trailing slash).
+
+        Collection items that point at an image there are not included: their key is not their path.
+        """
         prefix = root.rstrip(b"/") + b"/"
         yield from self._rows(
-            f"SELECT {_COLUMNS} FROM items WHERE modality='image' AND substr(path, 1, ?) = ?",
+            f"SELECT {_COLUMNS} FROM items WHERE key = path AND substr(path, 1, ?) = ?",
             (len(prefix), prefix),
         )
 
     def items_from_source(self, source: str) -> Iterator[ItemRow]:
-        yield from self._rows(f"SELECT {_COLUMNS} FROM items WHERE source=? AND modality!='image'", (source,))
+        """Items of a collection file (keys b'item:...'; folder images are keyed by their path)."""
+        yield from self._rows(
+            f"SELECT {_COLUMNS} FROM items WHERE source=? AND substr(key, 1, 5) = ?", (source, b"item:")
+        )
 
     def all_items(self, status: str | None = None) -> Iterator[ItemRow]:
         if status:
@@ -374,6 +380,15 @@ class Catalog:
 
     def prune_removed(self, upto_seq: int) -> None:
         self.db.execute("DELETE FROM removed WHERE seq <= ?", (upto_seq,))
+
+    def replace_skipped_for_source(self, source: str, entries: Iterable[tuple[bytes, str]]) -> None:
+        """Skipped entries of a collection file (its lines), replacing the previous run's."""
+        self.db.execute("DELETE FROM skipped WHERE source = ?", (source,))
+        now = time.time()
+        self.db.executemany(
+            "INSERT OR REPLACE INTO skipped(path, source, reason, updated_at) VALUES(?, ?, ?, ?)",
+            [(p, source, reason, now) for p, reason in entries],
+        )
 
     def replace_skipped(self, root: bytes, source: str, entries: Iterable[tuple[bytes, str]]) -> None:
         prefix = root.rstrip(b"/") + b"/"

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encode.base import Encoder
+from ..encode.base import Encoder, normalize
 from ..encode.preprocess import ImageLoadError
 from ..fingerprint import fingerprint_bytes
+from .collections import CollectionItem, LineProblem, item_key, read_collection
 from .scan import FileEntry, Skipped, scan
 from .store import Index
 
@@ -53,6 +54,27 @@ class IndexReport:
     embed_seconds: float = 0.0
     interrupted: bool = False
     ann: str = "none"
+
+    def __iadd__(self, other: IndexReport) -> IndexReport:
+        """Combine the reports of several runs in one command (folders, then collections)."""
+        for name in (
+            "scanned",
+            "unchanged",
+            "indexed",
+            "moved",
+            "copied",
+            "touched",
+            "removed",
+            "failed",
+            "skipped",
+            "seconds",
+            "embed_seconds",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.reasons.update(other.reasons)
+        self.interrupted = self.interrupted or other.interrupted
+        self.ann = other.ann
+        return self
 
     @property
     def images_per_second(self) -> float:
@@ -87,6 +109,19 @@ class _Loaded:
     error: str | None = None
 
 
+def _text_fingerprint(text: str) -> str:
+    return fingerprint_bytes(b"text\0" + text.encode("utf-8", "surrogatepass"))
+
+
+@dataclass
+class _Pending:
+    item: CollectionItem
+    key: bytes
+    size: int | None = None
+    mtime_ns: int | None = None
+    loaded: _Loaded | None = None
+
+
 class Indexer:
     """Keeps an ``Index`` in step with folders of images, using one ``Encoder``."""
 
@@ -99,6 +134,7 @@ class Indexer:
         hidden: bool = False,
         retry_errors: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
+        item_image_weight: float | None = None,
     ):
         if not index.writable:
             raise ValueError("Indexer needs an index opened with writable=True")
@@ -111,6 +147,7 @@ class Indexer:
         self.retry_errors = retry_errors
         self.progress = progress  # progress(stage, done, total)
         index.set_encoder(encoder.info)
+        self.item_image_weight = index.set_item_image_weight(item_image_weight)
 
     # ---- worker side (threads: no SQLite here) ---------------------------------------
     def _load(self, entry: FileEntry, known: frozenset[str]) -> _Loaded:
@@ -332,6 +369,160 @@ class Indexer:
             setattr(report, key, getattr(report, key) + n)
         report.reasons.update(reasons)
         return len(pending) + len(linked)
+
+    # ---- text and image+text collections ---------------------------------------------
+    def index_collection(self, path: str | os.PathLike, kind: str) -> IndexReport:
+        """Bring the items of one ``--texts``/``--items`` file into the index (see collections.py).
+
+        Text items are embedded with the text tower; image+text items get the documented fused
+        vector ``normalize(w * image + (1 - w) * text)`` with the index's item image weight w.
+        Items whose text, image path and image (size, mtime) are unchanged are not re-embedded;
+        items no longer in the file are removed.
+        """
+        report = IndexReport()
+        t0 = time.perf_counter()
+        source = os.path.abspath(os.fspath(path))
+        existing = {row.key: row for row in self.catalog.items_from_source(source)}
+        problems: list[tuple[bytes, str]] = []
+        todo: list[_Pending] = []
+        seen: set[bytes] = set()
+        for found in read_collection(path, kind):
+            if isinstance(found, LineProblem):
+                problems.append((os.fsencode(f"{source}:{found.line}"), found.reason))
+                report.reasons[found.reason.split(" (")[0]] += 1
+                continue
+            key = item_key(source, found.item_id)
+            seen.add(key)
+            report.scanned += 1
+            pending = _Pending(found, key)
+            if found.image is not None:
+                try:
+                    st = os.stat(found.image)
+                    pending.size, pending.mtime_ns = st.st_size, st.st_mtime_ns
+                except OSError:
+                    pass  # recorded as an error below
+            row = existing.get(key)
+            if (
+                row is not None
+                and row.text == found.text
+                and row.path == found.image
+                and row.modality == found.modality
+                and row.size == pending.size
+                and row.mtime_ns == pending.mtime_ns
+                and (row.status == "ok" or not self.retry_errors)
+            ):
+                report.unchanged += 1
+            else:
+                todo.append(pending)
+        report.skipped = len(problems)
+        with self.catalog.transaction(bump=False):
+            self.catalog.replace_skipped_for_source(source, problems)
+        missing = [row.id for key, row in existing.items() if key not in seen]
+        try:
+            pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="retllm-load")
+            try:
+                for start in range(0, len(todo), self.batch_size):
+                    batch = todo[start : start + self.batch_size]
+                    futures = {
+                        id(p): pool.submit(
+                            self._load, FileEntry(p.item.image, p.size or 0, p.mtime_ns or 0), frozenset()
+                        )
+                        for p in batch
+                        if p.item.image is not None and p.size is not None
+                    }
+                    for p in batch:
+                        if id(p) in futures:
+                            p.loaded = futures[id(p)].result()
+                    self._commit_collection(batch, source, report)
+                    if self.progress:
+                        self.progress("embed", min(start + self.batch_size, len(todo)), len(todo))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if missing:
+                with self.catalog.transaction() as seq:
+                    report.removed += self.catalog.delete_items(missing, seq)
+            report.ann = self.index.update_ann()
+        except KeyboardInterrupt:
+            report.interrupted = True
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _commit_collection(self, batch: list[_Pending], source: str, report: IndexReport) -> None:
+        w = self.item_image_weight
+        texts = [p.item.text for p in batch if p.item.text is not None]
+        text_vecs = iter(self.encoder.embed_texts(texts)) if texts else iter(())
+        image_ok = [p for p in batch if p.loaded is not None and p.loaded.pixels is not None]
+        image_vecs = (
+            iter(self.encoder.embed_pixels(np.stack([p.loaded.pixels for p in image_ok])))
+            if image_ok
+            else iter(())
+        )
+        counts: collections.Counter = collections.Counter()
+        with self.catalog.transaction() as seq:
+            for p in batch:
+                it = p.item
+                text_vec = next(text_vecs) if it.text is not None else None
+                fields = {
+                    "key": p.key,
+                    "modality": it.modality,
+                    "path": it.image,
+                    "source": source,
+                    "item_id": it.item_id,
+                    "text": it.text,
+                    "size": p.size,
+                    "mtime_ns": p.mtime_ns,
+                }
+                if it.image is not None:
+                    error = None
+                    if p.size is None:
+                        error = "image not found or unreadable"
+                    elif p.loaded is None or p.loaded.pixels is None:
+                        error = p.loaded.error if p.loaded else "image not loaded"
+                    if error is not None:
+                        shown = os.fsdecode(it.image)
+                        self.catalog.upsert_item(
+                            seq,
+                            None,
+                            **fields,
+                            status="error",
+                            error=f"{shown}: {error}",
+                            fingerprint=None,
+                            width=None,
+                            height=None,
+                        )
+                        counts["failed"] += 1
+                        report.reasons["missing or unreadable image"] += 1
+                        continue
+                    image_vec = next(image_vecs)
+                    if text_vec is None:
+                        vec, fp = image_vec, p.loaded.fingerprint
+                    else:
+                        vec = normalize(w * image_vec + (1.0 - w) * text_vec)
+                        fp = fingerprint_bytes(
+                            f"{p.loaded.fingerprint}\0{it.text}\0{w}".encode("utf-8", "surrogatepass")
+                        )
+                    self.catalog.upsert_item(
+                        seq,
+                        vec,
+                        **fields,
+                        status="ok",
+                        fingerprint=fp,
+                        width=p.loaded.width,
+                        height=p.loaded.height,
+                    )
+                else:
+                    self.catalog.upsert_item(
+                        seq,
+                        text_vec,
+                        **fields,
+                        status="ok",
+                        fingerprint=_text_fingerprint(it.text or ""),
+                        width=None,
+                        height=None,
+                    )
+                counts["indexed"] += 1
+        for key, n in counts.items():
+            setattr(report, key, getattr(report, key) + n)
 
 
 def _reason_class(error: str) -> str:

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ..encode.base import EncoderInfo
-from ..errors import EncoderMismatch, IndexNotFound, IndexWriteError
+from ..errors import BadInput, EncoderMismatch, IndexNotFound, IndexWriteError
 from ..paths import default_index_dir
 from .catalog import CATALOG_NAME, Catalog, ItemRow
 from .lock import WriterLock
 from .vectors import ANN_THRESHOLD, open_search, remove_stale_files, update_snapshot
 
 _ENCODER_KEYS = ("name", "manifest_sha256", "variant", "dim", "location")
+DEFAULT_ITEM_IMAGE_WEIGHT = 0.5
 
 
 class Index:
@@ -123,6 +124,27 @@ class Index:
         with self.catalog.transaction(bump=False):
             for key in _ENCODER_KEYS:
                 self.catalog.set_meta(f"encoder.{key}", str(getattr(info, key)))
+
+    def set_item_image_weight(self, weight: float | None) -> float:
+        """The image weight w of image+text items' fused vectors (fixed once such items exist)."""
+        stored = self.catalog.get_meta("items.image_weight")
+        if weight is None:
+            return float(stored) if stored is not None else DEFAULT_ITEM_IMAGE_WEIGHT
+        if not 0.0 <= weight <= 1.0:
+            raise BadInput(f"item image weight must be between 0 and 1, got {weight}")
+        if stored is not None and float(stored) != weight:
+            mixed = self.catalog.db.execute(
+                "SELECT COUNT(*) FROM items WHERE modality='image+text'"
+            ).fetchone()[0]
+            if mixed:
+                raise BadInput(
+                    f"{self.directory}: image+text items were embedded with image weight {stored}, "
+                    f"not {weight}",
+                    hint="keep the same --item-image-weight, or index them into another --index",
+                )
+        with self.catalog.transaction(bump=False):
+            self.catalog.set_meta("items.image_weight", repr(float(weight)))
+        return float(weight)
 
     # ---- search --------------------------------------------------------------------
     def _searcher(self):
