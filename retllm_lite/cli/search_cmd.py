@@ -8,6 +8,7 @@ import click
 
 from .app import cli, clip_option, index_option, variant_option
 from .output import emit_json, emit_paths, emit_table, output_options
+from .view import view_options
 
 
 @cli.command("search")
@@ -35,6 +36,7 @@ from .output import emit_json, emit_paths, emit_table, output_options
 @clip_option
 @variant_option
 @output_options(paths=True)
+@view_options
 def search_cmd(
     text,
     image,
@@ -48,6 +50,7 @@ def search_cmd(
     clip_model,
     variant,
     output_format,
+    view,
 ):
     """Find photos (or captions, or image+text items) matching TEXT and/or an --image."""
     from ..pipeline import Retriever
@@ -65,6 +68,8 @@ def search_cmd(
             exclude=exclude,
             modality=modality,
         )
+    if view.show(hits, output_format, text=text, image=image, image_weight=image_weight):
+        return
     rows = [h.to_dict() for h in hits]
     if output_format in ("json", "nl"):
         emit_json(rows, output_format)
