@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from clip_fixtures import make_photo_folder
 
+from clip_fixtures import make_photo_folder
 from retllm_lite.cli import cli
 from retllm_lite.encode import load_encoder, normalize
 from retllm_lite.index.indexer import Indexer

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from clip_fixtures import draw_photo, make_photo_folder
 
+from clip_fixtures import draw_photo, make_photo_folder
 from retllm_lite.encode import EncoderInfo, load_encoder
 from retllm_lite.errors import EncoderMismatch, IndexLocked
 from retllm_lite.index.indexer import Indexer

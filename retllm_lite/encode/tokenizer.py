@@ -42,6 +42,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _clean(text: str) -> str:
     """open_clip's default 'lower' cleaning: ftfy, double HTML unescape, whitespace, lower."""
+    # lone surrogates (e.g. from undecodable command-line bytes) cannot be UTF-8 encoded
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return " ".join(text.split()).strip().lower()

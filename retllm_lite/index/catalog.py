@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexCorrupt, IndexWriteError
+from ..errors import IndexCorrupt, IndexNotFound, IndexWriteError
 
 SCHEMA_VERSION = 1
 CATALOG_NAME = "catalog.sqlite3"
@@ -165,6 +165,11 @@ class Catalog:
             )
         if version == SCHEMA_VERSION:
             return
+        if self.readonly and version == 0:
+            raise IndexNotFound(
+                f"{self.path.parent}: the index is empty (being created, or its creation was interrupted)",
+                hint="run 'retllm index FOLDER' to build it",
+            )
         if self.readonly:
             raise IndexCorrupt(
                 f"{self.path}: catalog schema {version} needs an upgrade",

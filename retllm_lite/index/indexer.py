@@ -155,6 +155,9 @@ class Indexer:
         try:
             with open(entry.path, "rb") as f:
                 data = f.read()
+        except FileNotFoundError:
+            out.error = "cannot read file: it vanished after the folder was scanned"
+            return out
         except OSError as exc:
             out.error = f"cannot read file: {exc.strerror or exc}"
             return out
@@ -176,13 +179,30 @@ class Indexer:
 
     # ---- main loop -----------------------------------------------------------------
     def index_folders(self, roots: Sequence[str | os.PathLike]) -> IndexReport:
+        """Bring the index in step with these folders (or single image files)."""
         report = IndexReport()
         t0 = time.perf_counter()
         roots_b = [os.path.abspath(os.fsencode(r)) for r in roots]
+        try:
+            todo, missing = self._scan(roots_b, report)
+            self._process(todo, missing, roots_b, report)
+            if missing:
+                with self.catalog.transaction() as seq:
+                    report.removed += self.catalog.delete_items([r.id for r in missing.values()], seq)
+            report.ann = self.index.update_ann(
+                progress=(lambda d, t: self.progress("ann", d, t)) if self.progress else None
+            )
+        except KeyboardInterrupt:
+            report.interrupted = True
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _scan(self, roots: list[bytes], report: IndexReport) -> tuple[list[FileEntry], dict]:
+        """Files to (re)process, and catalog rows under the roots that were not found."""
         todo: list[FileEntry] = []
         seen: set[bytes] = set()
         under: dict[bytes, object] = {}
-        for root in roots_b:
+        for root in roots:
             skipped: list[tuple[bytes, str]] = []
             for row in self.catalog.items_under(root):
                 under[row.key] = row
@@ -213,18 +233,7 @@ class Indexer:
             with self.catalog.transaction(bump=False):
                 self.catalog.replace_skipped(root, os.fsdecode(root), skipped)
         missing = {key: row for key, row in under.items() if key not in seen}
-        try:
-            self._process(todo, missing, roots_b, report)
-            if missing:
-                with self.catalog.transaction() as seq:
-                    report.removed += self.catalog.delete_items([r.id for r in missing.values()], seq)
-            report.ann = self.index.update_ann(
-                progress=(lambda d, t: self.progress("ann", d, t)) if self.progress else None
-            )
-        except KeyboardInterrupt:
-            report.interrupted = True
-        report.seconds = time.perf_counter() - t0
-        return report
+        return todo, missing
 
     def _source_for(self, path: bytes, roots: list[bytes]) -> str:
         for root in roots:

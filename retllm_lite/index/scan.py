@@ -79,7 +79,8 @@ def scan(root: str | bytes | os.PathLike, hidden: bool = False) -> Iterator[File
             try:
                 est = entry.stat(follow_symlinks=True)
             except OSError as exc:
-                if entry.is_symlink() or is_image_name(name):
+                # report what could matter (links, folders, images); ignore other files
+                if entry.is_symlink() or entry.is_dir(follow_symlinks=False) or is_image_name(name):
                     yield Skipped(path, _reason(exc))
                 continue
             if stat.S_ISDIR(est.st_mode):

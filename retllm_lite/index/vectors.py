@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexCorrupt
+from ..errors import IndexCorrupt, IndexWriteError
 from .catalog import Catalog
 
-ANN_THRESHOLD = 10_000
+ANN_THRESHOLD = int(os.environ.get("RETLLM_ANN_THRESHOLD", "10000"))
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
@@ -176,10 +176,18 @@ def update_snapshot(
         deleted = 0
     new_name = f"ann-{seq}.hnsw"
     tmp = directory / f".{new_name}.tmp{os.getpid()}"
-    idx.save_index(str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, directory / new_name)
+    try:
+        idx.save_index(str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / new_name)
+    except (OSError, RuntimeError) as exc:  # hnswlib reports write failures as RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise IndexWriteError(
+            f"{directory}: cannot write the ANN index ({exc})",
+            hint="free disk space and run 'retllm index' again: the catalog is intact and searches work",
+        ) from None
     with catalog.transaction(bump=False):
         catalog.set_meta("ann_file", new_name)
         catalog.set_meta("ann_seq", str(seq))
