@@ -30,6 +30,14 @@ class BadModelFile(RetllmError):
     """A model file exists but cannot be used (truncated, wrong kind, checksum mismatch)."""
 
 
+class ChecksumMismatch(BadModelFile):
+    """A downloaded file does not match the checksum the hub reports for it (it was deleted)."""
+
+
+class HubUnreachable(RetllmError):
+    """A model must be downloaded but the hub cannot be reached, or downloads are turned off."""
+
+
 class MissingDependency(RetllmError):
     """An optional package (an extra) is needed for this command."""
 

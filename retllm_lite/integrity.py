@@ -38,6 +38,15 @@ def _save_stamps(stamps: dict) -> None:
         pass  # a read-only cache only costs a re-hash next time
 
 
+def record_verified(path: str | Path, sha256: str) -> None:
+    """Remember that ``path`` (as it is now) has this sha256, computed by the caller."""
+    path = Path(path)
+    st = path.stat()
+    stamps = _load_stamps()
+    stamps[str(path.resolve())] = [st.st_size, st.st_mtime_ns, sha256]
+    _save_stamps(stamps)
+
+
 def verify_file(path: str | Path, sha256: str, size: int | None = None, force: bool = False) -> None:
     """Raise BadModelFile unless ``path`` exists with the given size and sha256."""
     path = Path(path)

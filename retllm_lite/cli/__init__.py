@@ -6,7 +6,14 @@ Library errors (``RetllmError``) become one-line messages; set RETLLM_DEBUG=1 fo
 
 from __future__ import annotations
 
-from . import index_cmd, info_cmd, quantize_cmd, search_cmd  # noqa: F401  (register commands)
+from . import (  # noqa: F401  (register commands)
+    doctor_cmd,
+    index_cmd,
+    info_cmd,
+    models_cmd,
+    quantize_cmd,
+    search_cmd,
+)
 from .app import cli
 
 main = cli

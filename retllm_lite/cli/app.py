@@ -37,8 +37,21 @@ index_option = click.option(
 )
 clip_option = click.option(
     "--clip-model",
-    help="CLIP model: a folder from 'retllm quantize clip' or a model name.",
+    help="CLIP model: a registry name ('retllm models list'; downloaded on first use) or a folder "
+    "from 'retllm quantize clip'.",
 )
+offline_option = click.option(
+    "--offline",
+    is_flag=True,
+    help="Never download a model (also: RETLLM_OFFLINE=1 or HF_HUB_OFFLINE=1).",
+)
+
+
+def announce(message: str) -> None:
+    """A line about what is happening (a download), on stderr."""
+    click.echo(message, err=True)
+
+
 variant_option = click.option(
     "--variant",
     type=click.Choice(["int8", "fp32"]),

@@ -10,9 +10,11 @@ import click
 
 from .app import (
     Bars,
+    announce,
     cli,
     clip_option,
     index_option,
+    offline_option,
     progress_enabled,
     raise_keyboard_interrupt,
     variant_option,
@@ -49,6 +51,7 @@ from .output import emit_json, emit_table, output_options
     help="Image weight w of image+text items: normalize(w*image + (1-w)*text). Default 0.5.",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@offline_option
 @output_options()
 def index_cmd(
     folders,
@@ -65,6 +68,7 @@ def index_cmd(
     items,
     item_image_weight,
     progress,
+    offline,
     output_format,
 ):
     """Add photo FOLDERS (and --texts/--items collections) to the index, or bring them up to date.
@@ -96,6 +100,12 @@ def index_cmd(
         if clip_model is None and built is not None:
             encoder = load_encoder(built.location, variant=variant or built.variant)
         else:
+            from ..models.pull import ensure_clip
+
+            # First run: a registry model not on disk is downloaded (announced on stderr).
+            clip_model = ensure_clip(
+                clip_model, offline=offline, announce=announce, progress=progress_enabled(progress)
+            )
             encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
         bars = Bars(progress_enabled(progress))
         indexer = Indexer(

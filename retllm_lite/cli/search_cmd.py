@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .app import cli, clip_option, index_option, variant_option
+from .app import announce, cli, clip_option, index_option, offline_option, variant_option
 from .output import emit_json, emit_paths, emit_table, output_options
 from .view import view_options
 
@@ -35,6 +35,7 @@ from .view import view_options
 @index_option
 @clip_option
 @variant_option
+@offline_option
 @output_options(paths=True)
 @view_options
 def search_cmd(
@@ -49,6 +50,7 @@ def search_cmd(
     index_path,
     clip_model,
     variant,
+    offline,
     output_format,
     view,
 ):
@@ -57,6 +59,10 @@ def search_cmd(
 
     if not text and image is None:
         raise click.UsageError("give a TEXT query, --image PATH, or both")
+    if clip_model is not None:
+        from ..models.pull import ensure_clip
+
+        clip_model = ensure_clip(clip_model, offline=offline, announce=announce)
     with Retriever.open(index_path, clip_model=clip_model, variant=variant) as retriever:
         hits = retriever.search(
             text=text,

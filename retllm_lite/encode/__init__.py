@@ -6,8 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import BadModelFile, ModelNotFound
-from ..paths import models_dir
+from ..errors import BadModelFile
 from .base import Encoder, EncoderInfo, ImageEncoder, TextEncoder, normalize
 from .manifest import CLIP_FORMAT, MANIFEST_NAME, ClipManifest
 from .onnx_clip import OnnxClipEncoder
@@ -38,22 +37,14 @@ __all__ = [
 
 
 def resolve_model_dir(name_or_dir: str | os.PathLike | None) -> Path:
-    """A model directory from a path, a model name in the models dir, or the default."""
-    name = str(name_or_dir or os.environ.get("RETLLM_CLIP_MODEL") or DEFAULT_CLIP_MODEL)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if os.sep not in name and (models_dir() / name).is_dir():
-        return models_dir() / name
-    if path.exists():
-        raise ModelNotFound(f"{path}: not a model directory", hint="pass the folder that holds manifest.json")
-    raise ModelNotFound(
-        f"no CLIP model {name!r} on this machine",
-        hint=(
-            "export one with 'retllm quantize clip ViT-B-32 --pretrained openai --out DIR' "
-            "(needs the export extra and a network), then pass --clip-model DIR"
-        ),
-    )
+    """A model directory from a path, a model name in the models dir, or the default.
+
+    Names are the registry's (``retllm models list``); one not on disk raises ModelNotFound
+    saying how to get it (``retllm models pull NAME``) or which local folder to pass.
+    """
+    from ..models.store import resolve_clip_dir
+
+    return resolve_clip_dir(name_or_dir)
 
 
 def load_encoder(
