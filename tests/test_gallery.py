@@ -216,6 +216,9 @@ def test_cli_writes_a_valid_gallery_of_all_results(hostile_index, tmp_path):
     assert len(list(root.iter("img"))) == N_PHOTOS + 1  # every result plus the query image
     for img in by_class(root, "ol", "results")[0].iter("img"):
         assert max(decode_data_uri(img.get("src")).size) <= 256
+    bad = invoke("search", "x", "--index", index_dir, "--html", tmp_path / "nowhere" / "g.html")
+    assert bad.exit_code == 1 and len(bad.stderr.splitlines()) == 1
+    assert f"{tmp_path / 'nowhere' / 'g.html'}: folder {tmp_path / 'nowhere'} does not exist" in bad.stderr
 
 
 def test_gallery_renders_in_headless_chromium(hostile_index, tmp_path):
