@@ -45,7 +45,7 @@ def pull(
     *,
     offline: bool | None = None,
     force: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     announce: Callable[[str], None] | None = None,
     retries: int = 3,
     quantize: bool = False,
@@ -80,11 +80,10 @@ def pull(
         snap = hub.snapshot(entry.repo, entry.revision)
         files = entry.select(snap.files)
         total = sum(snap.files[f].size or 0 for f in files)
-        say(
-            f"downloading {entry.name} ({_mb(total)}, {len(files)} files) from "
-            f"{snap.repo}@{snap.commit[:12]} to {final}"
-        )
         stage = store.partial_dir(entry.name)
+        verb = "resuming the download of" if stage.is_dir() and any(stage.iterdir()) else "downloading"
+        where = f"{snap.repo}@{snap.commit[:12]}"
+        say(f"{verb} {entry.name} ({_mb(total)}, {len(files)} files) from {where} to {final}")
         stage.mkdir(parents=True, exist_ok=True)
         records = []
         try:
@@ -239,7 +238,7 @@ def ensure(
     *,
     offline: bool | None = None,
     announce: Callable[[str], None] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> None:
     """First run: pull registry model ``name`` when it is not on disk (announcing it).
 

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,13 +192,14 @@ def download(
     dest: str | Path,
     *,
     retries: int = 3,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> dict:
     """Fetch ``path`` of ``snap`` into ``dest/path``; returns what pull.json records for it.
 
     Interrupted transfers are resumed (``retries`` more times here; a later call resumes too,
     from the partial file huggingface_hub keeps under ``dest/.cache``). The finished file is
     hashed and must match the hub's checksum, else it is deleted and ChecksumMismatch raised.
+    ``progress``: a bar per file on stderr (default: when stderr is a terminal).
     """
     remote = snap.files.get(path)
     if remote is None:
@@ -208,6 +210,8 @@ def download(
             hint="refusing a file that cannot be checked",
         )
     hub = _hub()
+    if progress is None:
+        progress = sys.stderr.isatty()
     attempt = 0
     while True:
         try:

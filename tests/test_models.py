@@ -183,8 +183,9 @@ def test_interrupted_pull_is_not_a_model_and_the_next_pull_resumes(online, monke
     listed = {r["name"]: r for r in json.loads(invoke("models", "list", "--json").stdout)}
     assert listed["qwen2-vl-2b"]["state"] == "partial"
 
-    result = pull("qwen2-vl-2b")
-    assert result["status"] == "downloaded"
+    said = []
+    result = pull("qwen2-vl-2b", announce=said.append)
+    assert result["status"] == "downloaded" and said[0].startswith("resuming the download of qwen2-vl-2b")
     assert online.gets(QWEN.vlm["model"]) == [None, "bytes=196608-"]  # 3 chunks of 64 kB were kept
     assert (models_dir() / "qwen2-vl-2b" / QWEN.vlm["model"]).read_bytes() == files[QWEN.vlm["model"]]
     assert not (models_dir() / ".partial" / "qwen2-vl-2b").exists()

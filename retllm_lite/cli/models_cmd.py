@@ -124,24 +124,36 @@ def pull_cmd(names, force, quantize, offline, progress, output_format):
 @output_options()
 def verify_cmd(names, output_format):
     """Re-hash the files of models NAMES (default: every model here) against their records."""
+    from ..errors import ModelNotFound, RetllmError
     from ..models import store
 
-    targets = list(names) or [m.name for m in store.local_models() if m.state != "partial"]
+    if names:
+        targets = []
+        for name in names:
+            local = store.local_model(name)
+            if local is None:
+                raise ModelNotFound(f"no model {name!r} on this machine", hint="see 'retllm models list'")
+            targets.append(local)
+    else:
+        targets = [m for m in store.local_models() if m.state != "partial"]
     rows = []
-    for name in targets:
-        for row in store.verify(name):
-            rows.append({"name": name, **row})
+    for m in targets:
+        try:
+            rows += [{"name": m.name, "state": m.state, **row} for row in store.verify(m.path)]
+        except RetllmError as exc:
+            rows.append({"name": m.name, "state": m.state, "file": None, "ok": False, "error": str(exc)})
     bad = [r for r in rows if not r["ok"]]
     if output_format in ("json", "nl"):
         emit_json(rows, output_format)
     elif not rows:
         click.echo("No models to verify.", err=True)
     else:
-        for name in dict.fromkeys(r["name"] for r in rows):
-            mine = [r for r in rows if r["name"] == name]
+        for name, state in dict.fromkeys((r["name"], r["state"]) for r in rows):
+            mine = [r for r in rows if (r["name"], r["state"]) == (name, state)]
             broken = [r for r in mine if not r["ok"]]
             status = "ok" if not broken else f"{len(broken)} of {len(mine)} files bad"
-            click.echo(f"{name}: {status} ({len(mine)} files checked)")
+            label = name if state == "ready" else f"{name} ({state})"
+            click.echo(f"{label}: {status} ({len(mine)} files checked)")
             for r in broken:
                 click.echo(f"  {r['error']}")
             if broken:
