@@ -133,6 +133,11 @@ def index_cmd(
     else:
         _print_report(report, idx.directory)
     if report.interrupted:
+        click.echo(
+            f"Interrupted: the {report.indexed} items embedded so far are saved. "
+            "Run the same command again to resume.",
+            err=True,
+        )
         sys.exit(130)
 
 
@@ -150,5 +155,3 @@ def _print_report(report, directory: Path) -> None:
     if problems:
         why = ", ".join(f"{n} {reason}" for reason, n in report.reasons.most_common())
         click.echo(f"{problems} not indexed: {why}. List them with: retllm index --errors", err=True)
-    if report.interrupted:
-        click.echo("Interrupted: finished work is saved. Run the same command again to resume.", err=True)

@@ -13,6 +13,7 @@ Readers never take the lock and see one consistent state; a writer opens with
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +63,11 @@ class Index:
             lock = WriterLock(directory)
             lock.acquire(wait)
         except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise IndexWriteError(
+                    f"{directory}: the index folder is read-only ({exc.strerror}); nothing was changed",
+                    hint="searches still work; to index, use a writable --index PATH",
+                ) from None
             raise IndexWriteError(
                 f"{directory}: cannot create or lock the index folder ({exc.strerror})",
                 hint="choose a writable location with --index PATH",
