@@ -87,25 +87,33 @@ class Converter:
                     hint="install it with: pip install 'retllm-lite[export]'",
                 )
         out = Path(outfile).resolve()
-        cmd = [python or sys.executable, str(self.script), str(hf), "--outfile", str(out),
-               "--outtype", outtype]
+        cmd = [
+            python or sys.executable,
+            str(self.script),
+            str(hf),
+            "--outfile",
+            str(out),
+            "--outtype",
+            outtype,
+        ]
         if mmproj:
             cmd.append("--mmproj")
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(self.gguf_py), *filter(None, [env.get("PYTHONPATH")])]
-        )
+        env["PYTHONPATH"] = os.pathsep.join([str(self.gguf_py), *filter(None, [env.get("PYTHONPATH")])])
         env.pop("NO_LOCAL_GGUF", None)
         env.setdefault("HF_HUB_OFFLINE", "1")
         try:
-            proc = subprocess.run(cmd, env=env, cwd=self.root, capture_output=True, text=True,
-                                  timeout=timeout, check=False)
+            proc = subprocess.run(
+                cmd, env=env, cwd=self.root, capture_output=True, text=True, timeout=timeout, check=False
+            )
         except subprocess.TimeoutExpired as exc:
             raise BadInput(f"converting {hf} timed out after {timeout:.0f} s") from exc
         if proc.returncode != 0 or not out.is_file():
             what = "projector (mmproj)" if mmproj else "text model"
-            raise BadInput(f"llama.cpp's converter failed on the {what} of {hf}: "
-                           f"{_last_error_line(proc.stderr or proc.stdout)}")
+            raise BadInput(
+                f"llama.cpp's converter failed on the {what} of {hf}: "
+                f"{_last_error_line(proc.stderr or proc.stdout)}"
+            )
         return out
 
 
@@ -205,8 +213,20 @@ def _from_cache(target: Path) -> Converter | None:
 
 
 def _pip_download(version: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
-           "--no-binary", ":all:", "--disable-pip-version-check", "-q", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        f"llama-cpp-python=={version}",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -240,25 +260,30 @@ def _extract(archive: Path, version: str, target: Path, tmp: Path) -> None:
                     continue
                 if not m.name.startswith(vendor) or not (m.isfile() or m.isdir()):
                     continue
-                rel = m.name[len(vendor):]
+                rel = m.name[len(vendor) :]
                 if rel.startswith(_KEEP) and ".." not in Path(rel).parts:
                     m.name = rel
                     members.append(m)
             if not any(m.name == SCRIPT for m in members):
                 raise MissingDependency(
-                    f"{archive.name} has no vendor/llama.cpp/{SCRIPT} (is it llama-cpp-python "
-                    f"{version}?)",
+                    f"{archive.name} has no vendor/llama.cpp/{SCRIPT} (is it llama-cpp-python {version}?)",
                     hint=_HINT,
                 )
             tar.extractall(stage, members=members, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise MissingDependency(f"cannot read {archive}: {exc}", hint=_HINT) from exc
     gguf_version = _gguf_py_version(stage / "gguf-py" / "pyproject.toml")
-    label = f"llama.cpp {commit[:12] if commit else 'unknown commit'} " \
-            f"(llama-cpp-python {version} sdist, gguf-py {gguf_version})"
-    (stage / MARKER).write_text(json.dumps(
-        {"version": label, "commit": commit, "llama_cpp_python": version,
-         "gguf_py": gguf_version}, indent=2) + "\n")
+    label = (
+        f"llama.cpp {commit[:12] if commit else 'unknown commit'} "
+        f"(llama-cpp-python {version} sdist, gguf-py {gguf_version})"
+    )
+    (stage / MARKER).write_text(
+        json.dumps(
+            {"version": label, "commit": commit, "llama_cpp_python": version, "gguf_py": gguf_version},
+            indent=2,
+        )
+        + "\n"
+    )
     try:
         os.replace(stage, target)
     except OSError:

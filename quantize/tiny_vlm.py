@@ -233,15 +233,21 @@ def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, answer_boost: float = 
 
 
 def _write_tokenizer_files(stage: Path) -> None:
-    specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-                "unk_token": "<unk>"}
-    extra = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-             "image_token": "<image_soft_token>"}
+    specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    extra = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
     added = {}
     for idx, piece in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", *SPECIAL_PIECES]):
         added[str(idx)] = {
-            "content": piece, "lstrip": False, "rstrip": False, "normalized": False,
-            "single_word": False, "special": not piece.startswith("\n"),
+            "content": piece,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "single_word": False,
+            "special": not piece.startswith("\n"),
         }
     config = {
         "tokenizer_class": "GemmaTokenizer",

@@ -1,0 +1,569 @@
+"""RetLLM's fine stage on llama.cpp: P("True") for a yes/no match question, per pair.
+
+``LlamaMtmdScorer`` implements ``PairScorer`` with a GGUF vision-language model and its
+mmproj through llama-cpp-python's low-level and mtmd bindings:
+
+1. The pair is rendered with the pairing's template (``prompts``) into one user message,
+   images as mtmd media markers, then through the model's own chat template
+   (``llama_model_chat_template``) with the generation prompt appended.
+2. The prompt is tokenised by mtmd (text / image chunks) and evaluated; the logits at the
+   last position give P("True"), P("False") (softmax over the full vocabulary) and the
+   normalised top-10 entropy.
+3. Visual enhancement inserts the candidate's image (the query's when only the query has
+   one) a second time after the question: ``always``, or ``gated`` = only when the first
+   pass's entropy exceeds the threshold (0.75 in the paper).
+
+Two evaluation paths:
+
+* naive (``fast=False``): every pair is a fresh prompt; each image is encoded every time.
+* fast (default): each image is encoded once (embeddings kept in memory and optionally on
+  disk, ``embedding_cache``); prompts are tokenised with placeholder bitmaps; the chunks
+  all candidates share (chat header, query text, the query's image) are evaluated once on
+  sequence 0 and kept for the next call; each candidate copies them
+  (``llama_memory_seq_cp``) onto its own sequence and evaluates only its own chunks.
+  With ``batch_size`` 1 (default) the candidates run one after another and the scores are
+  bit-identical to the naive path. With ``batch_size`` k > 1, the final text chunks of k
+  candidates go through one batched ``llama_decode`` (one KV stream per sequence): faster
+  on big models, equal to the naive path up to float rounding (see docs/rerank.md).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retllm_lite.errors import BadInput, BadModelFile
+from retllm_lite.fingerprint import sha256_file
+from retllm_lite.rerank.embedding_cache import EmbeddingCache
+from retllm_lite.rerank.images import RGBImage, load_rgb
+from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
+from retllm_lite.rerank.logits import AnswerProbs, ChoiceProbs, answer_probs, choice_probs
+from retllm_lite.rerank.prompts import (
+    ANSWER_FALSE,
+    ANSWER_TRUE,
+    LISTWISE_TEMPLATE,
+    Modality,
+    PromptPart,
+    PromptTemplate,
+    Slot,
+    default_template,
+    enhance_side,
+    modality,
+    render_listwise,
+)
+from retllm_lite.rerank.scorer import Enhance, Item, PairScore, PassScores
+
+ListwisePick = ChoiceProbs
+Templates = PromptTemplate | Mapping[tuple[Modality, Modality], PromptTemplate] | None
+
+
+@dataclass
+class ScorerStats:
+    """Counters, for tests and benchmarks: what the fast path saved."""
+
+    images_encoded: int = 0
+    embedding_memory_hits: int = 0
+    embedding_disk_hits: int = 0
+    prompts_scored: int = 0
+    prefix_units_evaluated: int = 0
+    prefix_units_reused: int = 0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of a tokenised prompt: text token ids, or an image of n_tokens embeddings."""
+
+    kind: str  # "text" or "image"
+    tokens: tuple[int, ...] = ()
+    image_key: str | None = None
+    n_tokens: int = 0
+
+
+@dataclass
+class _Prompt:
+    text: str
+    images: list[RGBImage]
+
+
+@dataclass
+class _Run:
+    """One mtmd chunk of a prompt: a run of text tokens, or one image's embeddings."""
+
+    key: tuple[Any, ...]  # ("t", tokens) or ("i", image key, chunk index)
+    n_pos: int
+    tokens: tuple[int, ...] = ()
+    chunk: Chunk | None = None
+
+
+class LlamaMtmdScorer:
+    """Score (query, candidate) pairs with a GGUF VLM; see the module doc."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        mmproj_path: str | Path | None,
+        *,
+        n_ctx: int = 2048,
+        n_batch: int = 512,
+        batch_size: int = 1,
+        n_threads: int | None = None,
+        embedding_cache: EmbeddingCache | str | Path | bool | None = None,
+        memory_cache_mb: float = 512.0,
+        true_token: str | int | None = None,
+        false_token: str | int | None = None,
+        templates: Templates = None,
+        chat_template: str | None = None,
+        fast: bool = True,
+        kv_type: str = "f16",
+        flash_attn: bool = False,
+        extra_buffers: bool | None = None,
+        verbose: bool = False,
+    ):
+        self.rt = LlamaRuntime(
+            model_path,
+            mmproj_path,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_seq=batch_size,
+            n_threads=n_threads,
+            kv_type=kv_type,
+            flash_attn=flash_attn,
+            extra_buffers=extra_buffers,
+            verbose=verbose,
+        )
+        try:
+            self.true_id = self.rt.answer_token(ANSWER_TRUE if true_token is None else true_token)
+            self.false_id = self.rt.answer_token(ANSWER_FALSE if false_token is None else false_token)
+            if self.true_id == self.false_id:
+                raise BadModelFile(f"'True' and 'False' map to the same token in {model_path}")
+            self.chat_template = chat_template or self.rt.chat_template()
+            if not self.chat_template:
+                raise BadModelFile(
+                    f"{model_path} carries no chat template",
+                    hint="pass chat_template= (e.g. 'gemma' or 'chatml')",
+                )
+        except BaseException:
+            self.rt.close()
+            raise
+        self.fast = fast
+        self.templates = templates
+        self.stats = ScorerStats()
+        self._embeddings: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._memory_cap = int(memory_cache_mb * 1024 * 1024)
+        self._disk = self._open_disk_cache(embedding_cache)
+        self._prefix: list[tuple[Any, ...]] = []  # unit keys held on sequence 0
+        self._prefix_pos: list[int] = []  # start position of each prefix unit
+        self._prefix_end = 0
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.rt.close()
+
+    def __enter__(self) -> LlamaMtmdScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        rt = getattr(self, "rt", None)
+        if rt is not None:
+            rt.close()
+
+    def _open_disk_cache(self, spec: EmbeddingCache | str | Path | bool | None) -> EmbeddingCache | None:
+        if spec is None or spec is False:
+            return None
+        if isinstance(spec, EmbeddingCache):
+            return spec
+        namespace = sha256_file(self.rt.mmproj_path)  # type: ignore[arg-type]
+        root = None if spec is True else Path(spec)
+        return EmbeddingCache(namespace, root)
+
+    # -- public API -----------------------------------------------------------------------
+
+    def score_pairs(
+        self,
+        query: Item | Any,
+        candidates: Sequence[Item | Any],
+        *,
+        enhance: Enhance | str = "off",
+        fast: bool | None = None,
+    ) -> list[PairScore]:
+        """P(True), P(False), entropy per candidate, in input order."""
+        mode = Enhance.parse(enhance)
+        use_fast = self.fast if fast is None else fast
+        q = Item.coerce(query)
+        cands = [Item.coerce(c) for c in candidates]
+        if not cands:
+            return []
+        qimg = load_rgb(q.image) if q.image is not None else None
+        cimgs = [load_rgb(c.image) if c.image is not None else None for c in cands]
+        sides = [enhance_side(c.has_image, q.has_image) for c in cands]
+
+        always = mode.mode == "always"
+        first = self._run(q, cands, qimg, cimgs, enhanced=always, fast=use_fast)
+        results = [
+            PairScore(a.p_true, a.p_false, a.entropy, enhanced=always and s is not None)
+            for a, s in zip(first, sides, strict=True)
+        ]
+        if mode.mode == "gated":
+            fire = [i for i, a in enumerate(first) if a.entropy > mode.threshold and sides[i] is not None]
+            if fire:
+                second = self._run(
+                    q, [cands[i] for i in fire], qimg, [cimgs[i] for i in fire], enhanced=True, fast=use_fast
+                )
+                for i, b in zip(fire, second, strict=True):
+                    a = first[i]
+                    results[i] = PairScore(
+                        b.p_true,
+                        b.p_false,
+                        b.entropy,
+                        enhanced=True,
+                        first_pass=PassScores(a.p_true, a.p_false, a.entropy),
+                    )
+        return results
+
+    def pick_caption(
+        self, image: Any, captions: Sequence[str], *, template: str = LISTWISE_TEMPLATE
+    ) -> ListwisePick:
+        """Listwise image -> text: which of k (2..9) captions fits, read from digit logits.
+
+        The captions are numbered 1..k in the prompt; the pick is the argmax over the
+        logits of the k digit tokens at the answer position (no text is generated).
+        """
+        prompt = self._listwise_prompt(image, captions, template)
+        logits = self._fast([prompt])[0]
+        self.stats.prompts_scored += 1
+        return choice_probs(logits, self.choice_tokens(len(captions)))
+
+    def choice_tokens(self, k: int) -> list[int]:
+        """Token ids of the digits "1".."k" the listwise answer is read from."""
+        return [self.rt.answer_token(str(i + 1)) for i in range(k)]
+
+    def render(self, query: Item | Any, candidate: Item | Any, *, enhanced: bool = False) -> str:
+        """The exact prompt text (media markers where images go) for one pair."""
+        return self._pair_prompt(query, candidate, enhanced).text
+
+    def layout(self, query: Item | Any, candidate: Item | Any, *, enhanced: bool = False) -> list[Segment]:
+        """The tokenised prompt for one pair: text token ids and image slots, in order."""
+        return self._segments(self._pair_prompt(query, candidate, enhanced))
+
+    def listwise_layout(
+        self, image: Any, captions: Sequence[str], *, template: str = LISTWISE_TEMPLATE
+    ) -> list[Segment]:
+        """The tokenised listwise prompt (as ``layout``)."""
+        return self._segments(self._listwise_prompt(image, captions, template))
+
+    def _pair_prompt(self, query: Item | Any, candidate: Item | Any, enhanced: bool) -> _Prompt:
+        q, c = Item.coerce(query), Item.coerce(candidate)
+        qimg = load_rgb(q.image) if q.image is not None else None
+        cimg = load_rgb(c.image) if c.image is not None else None
+        return self._render(q, c, qimg, cimg, enhanced)
+
+    def _listwise_prompt(self, image: Any, captions: Sequence[str], template: str) -> _Prompt:
+        parts = render_listwise(list(captions), template)
+        img = load_rgb(image.image if isinstance(image, Item) else image)
+        return self._assemble(parts, img, None, system=None)
+
+    def _segments(self, prompt: _Prompt) -> list[Segment]:
+        with self._tokenize(prompt, placeholders=True) as chunks:
+            return [
+                Segment("text", tuple(ch.tokens))
+                if ch.kind != CHUNK_IMAGE
+                else Segment("image", image_key=ch.image_id, n_tokens=ch.n_tokens)
+                for ch in chunks.items
+            ]
+
+    # -- prompts --------------------------------------------------------------------------
+
+    def _template_for(self, q: Item, c: Item) -> PromptTemplate:
+        pairing = (modality(q.text, q.has_image), modality(c.text, c.has_image))
+        if isinstance(self.templates, PromptTemplate):
+            return self.templates
+        if self.templates is not None and pairing in self.templates:
+            return self.templates[pairing]
+        return default_template(*pairing)
+
+    def _render(
+        self, q: Item, c: Item, qimg: RGBImage | None, cimg: RGBImage | None, enhanced: bool
+    ) -> _Prompt:
+        template = self._template_for(q, c)
+        side = enhance_side(c.has_image, q.has_image) if enhanced else None
+        parts = template.render(
+            q.text, c.text, query_has_image=q.has_image, candidate_has_image=c.has_image, enhance=side
+        )
+        return self._assemble(parts, qimg, cimg, system=template.system)
+
+    def _assemble(
+        self, parts: list[PromptPart], qimg: RGBImage | None, cimg: RGBImage | None, *, system: str | None
+    ) -> _Prompt:
+        marker = self.rt.marker
+        content: list[str] = []
+        images: list[RGBImage] = []
+        for part in parts:
+            if isinstance(part, Slot):
+                img = qimg if part.side == "query" else cimg
+                if img is None:
+                    raise BadInput(f"the prompt has a {part.side} image slot but no image")
+                content.append(marker)
+                images.append(img)
+            else:
+                content.append(part.replace(marker, "<media>"))
+        messages = [("system", system)] if system else []
+        messages.append(("user", "".join(content)))
+        return _Prompt(self.rt.apply_chat_template(self.chat_template, messages), images)
+
+    def _tokenize(self, prompt: _Prompt, *, placeholders: bool) -> Chunks:
+        bitmaps = [
+            self.rt.make_bitmap(im.width, im.height, None if placeholders else im.data, im.key)
+            for im in prompt.images
+        ]
+        try:
+            return self.rt.tokenize(prompt.text, bitmaps)
+        finally:
+            for b in bitmaps:
+                self.rt.free_bitmap(b)
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def _run(
+        self,
+        q: Item,
+        cands: list[Item],
+        qimg: RGBImage | None,
+        cimgs: list[RGBImage | None],
+        *,
+        enhanced: bool,
+        fast: bool,
+    ) -> list[AnswerProbs]:
+        prompts = [self._render(q, c, qimg, ci, enhanced) for c, ci in zip(cands, cimgs, strict=True)]
+        logits = self._fast(prompts) if fast else [self._naive(p) for p in prompts]
+        self.stats.prompts_scored += len(prompts)
+        return [answer_probs(lg, self.true_id, self.false_id) for lg in logits]
+
+    def _reset(self) -> None:
+        self.rt.clear()
+        self._prefix.clear()
+        self._prefix_pos.clear()
+        self._prefix_end = 0
+
+    def _naive(self, prompt: _Prompt) -> np.ndarray:
+        """A fresh context, the full prompt, every image encoded again."""
+        self._reset()
+        try:
+            with self._tokenize(prompt, placeholders=False) as chunks:
+                n_cells = sum(ch.n_tokens for ch in chunks.items)
+                if n_cells > self.rt.n_ctx:
+                    raise BadInput(
+                        f"the prompt takes {n_cells} tokens, more than n_ctx ({self.rt.n_ctx})",
+                        hint="create the scorer with a larger n_ctx",
+                    )
+                logits = self.rt.eval_chunks(chunks)
+            self.stats.images_encoded += len(prompt.images)
+            return logits
+        finally:
+            self._reset()
+
+    def _fast(self, prompts: list[_Prompt]) -> list[np.ndarray]:
+        keep = {im.key for p in prompts for im in p.images}
+        for p in prompts:
+            for im in p.images:
+                self._ensure_embeddings(im)
+        self._evict(keep)
+        all_chunks: list[Chunks] = []
+        try:
+            runs = []
+            for p in prompts:
+                chunks = self._tokenize(p, placeholders=True)
+                all_chunks.append(chunks)
+                runs.append(self._runs(chunks))
+            return self._eval_shared(runs)
+        except BaseException:
+            self._reset()
+            raise
+        finally:
+            for ch in all_chunks:
+                ch.free()
+
+    def _runs(self, chunks: Chunks) -> list[_Run]:
+        out: list[_Run] = []
+        seen: dict[str, int] = {}
+        for ch in chunks.items:
+            if ch.kind != CHUNK_IMAGE:
+                toks = tuple(ch.tokens)
+                out.append(_Run(("t", toks), len(toks), toks))
+                continue
+            key = ch.image_id or ""
+            embs = self._embeddings.get(key)
+            if not embs:
+                raise BadInput("an image chunk has no embeddings (unknown image id)")
+            n = seen.get(key, 0)
+            seen[key] = n + 1
+            out.append(_Run(("i", key, n % len(embs)), ch.n_pos, chunk=ch))
+        return out
+
+    def _eval_shared(self, runs: list[list[_Run]]) -> list[np.ndarray]:
+        n_prefix = _common_prefix([[r.key for r in rs] for rs in runs])
+        n_prefix = min(n_prefix, min(len(rs) for rs in runs) - 1)  # each keeps its last run
+        start = self._sync_prefix(runs[0][:n_prefix])
+        prefix_cells = _cells(runs[0][:n_prefix])
+        results: list[np.ndarray | None] = [None] * len(runs)
+        group: list[int] = []
+        for i, rs in enumerate(runs):
+            need = _cells(rs[n_prefix:])
+            if prefix_cells + need > self.rt.n_ctx:
+                raise BadInput(
+                    f"a prompt takes {prefix_cells + need} tokens, more than n_ctx ({self.rt.n_ctx})",
+                    hint="create the scorer with a larger n_ctx",
+                )
+            if len(group) == self.rt.n_seq:
+                self._eval_group(group, runs, n_prefix, start, results)
+                group = []
+            group.append(i)
+        self._eval_group(group, runs, n_prefix, start, results)
+        return [r for r in results if r is not None]
+
+    def _sync_prefix(self, prefix: list[_Run]) -> int:
+        """Make sequence 0 hold exactly ``prefix``, reusing what it already holds."""
+        keys = [r.key for r in prefix]
+        m = _common_prefix([self._prefix, keys])
+        if m < len(self._prefix):
+            end = self._prefix_pos[m]
+            self.rt.seq_rm(0, end)
+            del self._prefix[m:]
+            del self._prefix_pos[m:]
+            self._prefix_end = end
+        self.stats.prefix_units_reused += m
+        try:
+            for r in prefix[m:]:
+                self._prefix.append(r.key)
+                self._prefix_pos.append(self._prefix_end)
+                self._prefix_end = self._decode_run(r, self._prefix_end, seq=0)
+        except BaseException:
+            self._reset()
+            raise
+        self.stats.prefix_units_evaluated += len(prefix) - m
+        return self._prefix_end
+
+    def _eval_group(
+        self,
+        group: list[int],
+        runs: list[list[_Run]],
+        n_prefix: int,
+        start: int,
+        results: list[np.ndarray | None],
+    ) -> None:
+        rt = self.rt
+        step = rt.n_batch
+        tails: list[tuple[int, int, int, tuple[int, ...]]] = []
+        try:
+            for j, i in enumerate(group):
+                seq = j + 1
+                rt.seq_cp(0, seq)
+                pos = start
+                suffix = runs[i][n_prefix:]
+                for r in suffix[:-1]:
+                    pos = self._decode_run(r, pos, seq)
+                last = suffix[-1].tokens
+                # Text is decoded in n_batch pieces from the start of its chunk, as mtmd does;
+                # only each prompt's final piece goes into the shared batch.
+                cut = (len(last) - 1) // step * step
+                if cut:
+                    pos = self._decode_text(last[:cut], pos, seq)
+                tails.append((i, seq, pos, last[cut:]))
+            entries: list[tuple[int, int, int, bool]] = []
+            owners: list[tuple[int, int]] = []
+            for i, seq, pos, tail in tails:
+                if entries and len(entries) + len(tail) > step:
+                    self._decode_batch(entries, owners, results)
+                    entries, owners = [], []
+                entries.extend((t, pos + k, seq, k == len(tail) - 1) for k, t in enumerate(tail))
+                owners.append((i, len(entries) - 1))
+            self._decode_batch(entries, owners, results)
+        finally:
+            for j in range(len(group)):
+                rt.seq_rm(j + 1)
+
+    def _decode_batch(
+        self,
+        entries: list[tuple[int, int, int, bool]],
+        owners: list[tuple[int, int]],
+        results: list[np.ndarray | None],
+    ) -> None:
+        if not entries:
+            return
+        self.rt.decode_tokens(entries)
+        for i, idx in owners:
+            results[i] = self.rt.logits(idx)
+
+    def _decode_run(self, run: _Run, pos: int, seq: int) -> int:
+        if run.chunk is None:
+            return self._decode_text(run.tokens, pos, seq)
+        embd = self._embeddings[run.key[1]][run.key[2]]
+        return self.rt.decode_image(run.chunk, embd, pos, seq)
+
+    def _decode_text(self, tokens: Sequence[int], pos: int, seq: int) -> int:
+        step = self.rt.n_batch
+        for off in range(0, len(tokens), step):
+            part = tokens[off : off + step]
+            self.rt.decode_tokens([(t, pos + k, seq, False) for k, t in enumerate(part)])
+            pos += len(part)
+        return pos
+
+    # -- image embeddings -----------------------------------------------------------------
+
+    def _ensure_embeddings(self, im: RGBImage) -> None:
+        if im.key in self._embeddings:
+            self._embeddings.move_to_end(im.key)
+            self.stats.embedding_memory_hits += 1
+            return
+        if self._disk is not None:
+            arrays = self._disk.get(im.key)
+            if arrays and all(a.ndim == 2 and a.shape[1] == self.rt.n_embd for a in arrays):
+                self._embeddings[im.key] = arrays
+                self.stats.embedding_disk_hits += 1
+                return
+        bmp = self.rt.make_bitmap(im.width, im.height, im.data, im.key)
+        try:
+            chunks = self.rt.tokenize(self.rt.marker, [bmp], add_special=False)
+        finally:
+            self.rt.free_bitmap(bmp)
+        with chunks:
+            arrays = self.rt.encode_image_chunks(chunks)
+        if not arrays:
+            raise BadInput("the projector produced no image chunk for an image")
+        self._embeddings[im.key] = arrays
+        self.stats.images_encoded += 1
+        if self._disk is not None:
+            self._disk.put(im.key, arrays)
+
+    def _evict(self, keep: set[str]) -> None:
+        total = sum(a.nbytes for arrs in self._embeddings.values() for a in arrs)
+        for key in list(self._embeddings):
+            if total <= self._memory_cap:
+                break
+            if key in keep:
+                continue
+            total -= sum(a.nbytes for a in self._embeddings.pop(key))
+
+
+def _cells(runs: list[_Run]) -> int:
+    return sum(len(r.tokens) if r.chunk is None else r.chunk.n_tokens for r in runs)
+
+
+def _common_prefix(seqs: list[list[tuple[Any, ...]]]) -> int:
+    if not seqs:
+        return 0
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for k in range(n):
+        key = first[k]
+        if any(s[k] != key for s in seqs[1:]):
+            return k
+    return n

@@ -1,0 +1,453 @@
+"""A llama.cpp text model + mtmd projector, loaded through llama-cpp-python's C bindings.
+
+Holds the handles and the low-level operations the scorer needs: chat-template rendering,
+multimodal tokenisation, decoding token runs and pre-encoded image chunks on given
+sequences, reading logits, and looking answer words up in the vocabulary. Files are checked
+(``gguf_header``) before llama.cpp opens them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retllm_lite.errors import BadInput, BadModelFile, ModelNotFound, require
+from retllm_lite.rerank import llama_log
+from retllm_lite.rerank.gguf_header import GGUFInfo, read_gguf_header
+
+CHUNK_TEXT = 0
+CHUNK_IMAGE = 1
+_SPACE_VARIANTS = ("{w}", " {w}", "\u2581{w}", "\u0120{w}")
+
+
+@dataclass
+class Chunk:
+    """One chunk of a tokenised prompt: text tokens, or an image placeholder."""
+
+    kind: int
+    tokens: list[int]  # text chunks
+    handle: Any = None  # mtmd_input_chunk pointer (valid while its Chunks lives)
+    image_id: str | None = None
+    n_tokens: int = 0
+    n_pos: int = 0
+
+
+class Chunks:
+    """Owns an ``mtmd_input_chunks`` and its parsed view."""
+
+    def __init__(self, mtmd: Any, handle: Any):
+        self._mtmd = mtmd
+        self.handle = handle
+        self.items: list[Chunk] = []
+        for i in range(mtmd.mtmd_input_chunks_size(handle)):
+            c = mtmd.mtmd_input_chunks_get(handle, i)
+            kind = mtmd.mtmd_input_chunk_get_type(c)
+            if kind == CHUNK_TEXT:
+                n = ctypes.c_size_t(0)
+                ptr = mtmd.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
+                toks = [int(ptr[j]) for j in range(n.value)]
+                self.items.append(Chunk(CHUNK_TEXT, toks, c, n_tokens=len(toks), n_pos=len(toks)))
+            elif kind == CHUNK_IMAGE:
+                cid = mtmd.mtmd_input_chunk_get_id(c)
+                self.items.append(
+                    Chunk(
+                        CHUNK_IMAGE,
+                        [],
+                        c,
+                        image_id=cid.decode() if cid else None,
+                        n_tokens=int(mtmd.mtmd_input_chunk_get_n_tokens(c)),
+                        n_pos=int(mtmd.mtmd_input_chunk_get_n_pos(c)),
+                    )
+                )
+            else:
+                raise BadInput("only text and image inputs are supported")
+
+    def free(self) -> None:
+        if self.handle:
+            self._mtmd.mtmd_input_chunks_free(self.handle)
+            self.handle = None
+
+    def __enter__(self) -> Chunks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+
+def check_vlm_files(model_path: str | Path, mmproj_path: str | Path | None) -> tuple[GGUFInfo, GGUFInfo]:
+    """Check both files from their headers; one-line errors naming the file."""
+    info = read_gguf_header(model_path, what="VLM model file")
+    if info.is_projector:
+        raise BadModelFile(
+            f"{model_path} is a multimodal projector (mmproj), not the language model",
+            hint="pass the text model .gguf as the model and this file as the mmproj",
+        )
+    if mmproj_path is None:
+        raise ModelNotFound(
+            f"no mmproj file given for the VLM {model_path}",
+            hint="pass the mmproj-*.gguf converted with --mmproj from the same checkpoint",
+        )
+    proj = read_gguf_header(mmproj_path, what="mmproj file")
+    if not proj.is_projector:
+        raise BadModelFile(
+            f"{mmproj_path} is not a multimodal projector (its architecture is '{proj.architecture}')",
+            hint="pass the mmproj-*.gguf converted with --mmproj from the same checkpoint",
+        )
+    if not proj.has_vision:
+        raise BadModelFile(
+            f"{mmproj_path} has no vision encoder (audio-only projector?)",
+            hint="pass an mmproj with a vision encoder",
+        )
+    arch = info.architecture
+    n_embd = info.metadata.get(f"{arch}.embedding_length")
+    proj_dim = proj.metadata.get("clip.vision.projection_dim")
+    if isinstance(n_embd, int) and isinstance(proj_dim, int) and n_embd != proj_dim:
+        raise BadModelFile(
+            f"{mmproj_path} projects to {proj_dim} dimensions but {model_path} takes {n_embd}",
+            hint="use the mmproj converted from the same checkpoint as the model",
+        )
+    return info, proj
+
+
+def use_extra_buffers(llama: Any) -> bool:
+    """Weight repacking (extra CPU buffer types), except on CPUs with AMX.
+
+    On AMX CPUs llama.cpp repacks quantized weights into an AMX buffer and its
+    ``ggml_backend_amx_mul_mat`` segfaults on the first decode (seen here with Q8_0, Q4_0
+    and Q4_K_M; ggml-org/llama.cpp#20824). Without extra buffers the plain CPU kernels run.
+    """
+    info = llama.llama_print_system_info()
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "AMX_INT8 = 1" not in text
+
+
+class LlamaRuntime:
+    """Loaded model, context and mtmd context. Not thread-safe; one call at a time."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        mmproj_path: str | Path | None,
+        *,
+        n_ctx: int = 2048,
+        n_batch: int = 512,
+        n_seq: int = 1,
+        n_threads: int | None = None,
+        kv_type: str = "f16",
+        flash_attn: bool = False,
+        extra_buffers: bool | None = None,
+        verbose: bool = False,
+    ):
+        self.model_path = Path(model_path)
+        self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
+        self.model_info, self.mmproj_info = check_vlm_files(model_path, mmproj_path)
+        self.llama = require("llama_cpp", "rerank", "VLM reranking")
+        self.mtmd = require("llama_cpp.mtmd_cpp", "rerank", "VLM reranking")
+        if kv_type not in ("f16", "f32"):
+            raise BadInput(f"kv_type must be f16 or f32, not {kv_type}")
+        if n_seq < 1 or n_batch < 1 or n_ctx < n_batch:
+            raise BadInput("need n_seq >= 1, n_batch >= 1 and n_ctx >= n_batch")
+        llama, mtmd = self.llama, self.mtmd
+        self._model = self._ctx = self._mctx = None
+        self._batch: Any = None
+        llama_log.install(verbose)
+        llama_log.clear()
+        llama.llama_backend_init()
+        threads = n_threads or max(1, os.cpu_count() or 1)
+
+        mparams = llama.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.use_extra_bufts = use_extra_buffers(llama) if extra_buffers is None else extra_buffers
+        self._model = llama.llama_model_load_from_file(str(self.model_path).encode(), mparams)
+        if not self._model:
+            raise BadModelFile(
+                f"llama.cpp cannot load {self.model_path}: {llama_log.last_error()}",
+                hint="download or convert the model again",
+            )
+        self.vocab = llama.llama_model_get_vocab(self._model)
+        self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
+
+        # Sequence 0 holds the shared prefix; candidates use sequences 1..n_seq.
+        # One candidate at a time (n_seq 1): a unified cache, the candidate's cells follow
+        # the prefix's exactly as in a fresh evaluation, so scores are bit-identical to it.
+        # Several at once: one stream per sequence (seq_cp copies the prefix's stream), so
+        # each candidate still sees the same cell layout; only kernel shapes change.
+        self.unified = n_seq == 1
+        cparams = llama.llama_context_default_params()
+        cparams.n_ctx = n_ctx if self.unified else n_ctx * (n_seq + 1)
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch  # image embeddings decode in one ubatch (non-causal)
+        cparams.n_seq_max = n_seq + 1
+        cparams.kv_unified = self.unified
+        cparams.swa_full = True  # keep every cell so sequences can be copied and trimmed
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        # Flash attention off: on CPU it is not faster at these lengths and its f16
+        # accumulation makes results depend on batch layout (fast vs naive path).
+        cparams.flash_attn_type = 1 if flash_attn else 0
+        ftype = llama.GGML_TYPE_F32 if kv_type == "f32" else llama.GGML_TYPE_F16
+        cparams.type_k = ftype
+        cparams.type_v = ftype
+        self._ctx = llama.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise BadModelFile(
+                f"llama.cpp cannot create a context for {self.model_path}: {llama_log.last_error()}",
+                hint="try a smaller n_ctx",
+            )
+        self.n_ctx = n_ctx  # tokens one prompt (prefix + candidate) may take
+        self.n_batch = n_batch
+        self.n_seq = n_seq
+        self.mem = llama.llama_get_memory(self._ctx)
+
+        mp = mtmd.mtmd_context_params_default()
+        mp.use_gpu = False
+        mp.n_threads = threads
+        mp.print_timings = False
+        mp.warmup = False
+        self._mctx = mtmd.mtmd_init_from_file(str(self.mmproj_path).encode(), self._model, mp)
+        if not self._mctx:
+            self.close()
+            raise BadModelFile(
+                f"llama.cpp cannot load the projector {self.mmproj_path} for {self.model_path}: "
+                f"{llama_log.last_error()}",
+                hint="use the mmproj converted from the same checkpoint as the model",
+            )
+        if not mtmd.mtmd_support_vision(self._mctx):
+            self.close()
+            raise BadModelFile(f"{self.mmproj_path} does not support image input")
+        self.marker = (mtmd.mtmd_default_marker() or b"<__media__>").decode()
+        self.n_embd = int(llama.llama_model_n_embd_inp(self._model))
+        self._batch = llama.llama_batch_init(n_batch, 0, 1)
+        self._no_callback = mtmd.mtmd_helper_post_decode_callback()
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        llama, mtmd = self.llama, self.mtmd
+        if self._batch is not None:
+            llama.llama_batch_free(self._batch)
+            self._batch = None
+        if self._mctx:
+            mtmd.mtmd_free(self._mctx)
+            self._mctx = None
+        if self._ctx:
+            llama.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama.llama_model_free(self._model)
+            self._model = None
+
+    @property
+    def closed(self) -> bool:
+        return not self._ctx
+
+    def _live(self) -> None:
+        if self.closed:
+            raise BadInput("this scorer has been closed")
+
+    # -- text -----------------------------------------------------------------------------
+
+    def chat_template(self) -> str | None:
+        tmpl = self.llama.llama_model_chat_template(self._model, None)
+        return tmpl.decode() if tmpl else None
+
+    def apply_chat_template(self, template: str, messages: Sequence[tuple[str, str]]) -> str:
+        llama = self.llama
+        arr = (llama.llama_chat_message * len(messages))(
+            *[llama.llama_chat_message(r.encode(), c.encode()) for r, c in messages]
+        )
+        size = 4096 + sum(len(c) for _, c in messages) * 2
+        tmpl = template.encode()
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = llama.llama_chat_apply_template(tmpl, arr, len(messages), True, buf, size)
+            if n < 0:
+                raise BadModelFile(
+                    f"llama.cpp does not recognise the chat template of {self.model_path}",
+                    hint="pass chat_template= with a built-in name such as 'gemma' or 'chatml'",
+                )
+            if n <= size:
+                return buf.raw[:n].decode("utf-8")
+            size = n + 1
+        raise BadModelFile(f"cannot render the chat template of {self.model_path}")
+
+    def tokenize_text(
+        self, text: str, *, add_special: bool = False, parse_special: bool = False
+    ) -> list[int]:
+        raw = text.encode()
+        cap = len(raw) + 8
+        buf = (self.llama.llama_token * cap)()
+        n = self.llama.llama_tokenize(self.vocab, raw, len(raw), buf, cap, add_special, parse_special)
+        if n < 0:
+            raise BadInput(f"cannot tokenize {text!r}")
+        return [int(buf[i]) for i in range(n)]
+
+    def token_text(self, token: int) -> str:
+        raw = self.llama.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def answer_token(self, word: str | int) -> int:
+        """The single vocabulary token for an answer word, trying leading-space variants."""
+        if isinstance(word, int):
+            if not 0 <= word < self.n_vocab:
+                raise BadInput(f"token id {word} is outside the vocabulary ({self.n_vocab})")
+            return word
+        for variant in _SPACE_VARIANTS[:2]:
+            toks = self.tokenize_text(variant.format(w=word))
+            if len(toks) == 1:
+                return toks[0]
+        wanted = {v.format(w=word) for v in _SPACE_VARIANTS}
+        for tok in range(self.n_vocab):
+            if self.token_text(tok) in wanted:
+                return tok
+        raise BadModelFile(
+            f"the vocabulary of {self.model_path} has no single token for {word!r}",
+            hint="pass the answer token's id or exact piece (true_token= / false_token=)",
+        )
+
+    # -- multimodal tokenisation ----------------------------------------------------------
+
+    def make_bitmap(self, width: int, height: int, data: bytes | None, image_id: str) -> Any:
+        mtmd = self.mtmd
+        if data is None:
+            bmp = mtmd.mtmd_bitmap_init(width, height, None)  # placeholder: counts tokens only
+        else:
+            buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+            bmp = mtmd.mtmd_bitmap_init(width, height, buf)
+        if not bmp:
+            raise BadInput(f"cannot create a {width}x{height} bitmap")
+        mtmd.mtmd_bitmap_set_id(bmp, image_id.encode())
+        return bmp
+
+    def tokenize(self, text: str, bitmaps: Sequence[Any], *, add_special: bool = True) -> Chunks:
+        """mtmd-tokenise a rendered prompt; bitmaps fill the media markers in order."""
+        self._live()
+        mtmd = self.mtmd
+        handle = mtmd.mtmd_input_chunks_init()
+        raw = text.encode()
+        inp = mtmd.mtmd_input_text()
+        inp.text = raw
+        inp.text_len = len(raw)
+        inp.add_special = add_special
+        inp.parse_special = True
+        arr = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+        res = mtmd.mtmd_tokenize(self._mctx, handle, ctypes.byref(inp), arr, len(bitmaps))
+        if res != 0:
+            mtmd.mtmd_input_chunks_free(handle)
+            raise BadInput(f"cannot tokenize the prompt (mtmd error {res}: {llama_log.last_error()})")
+        return Chunks(mtmd, handle)
+
+    def free_bitmap(self, bmp: Any) -> None:
+        self.mtmd.mtmd_bitmap_free(bmp)
+
+    # -- image encoding -------------------------------------------------------------------
+
+    def encode_image_chunks(self, chunks: Chunks) -> list[np.ndarray]:
+        """Run the vision encoder on every image chunk; copies of the embeddings, in order."""
+        mtmd = self.mtmd
+        out = []
+        for ch in chunks.items:
+            if ch.kind != CHUNK_IMAGE:
+                continue
+            self._check_image_fits(ch)
+            if mtmd.mtmd_encode_chunk(self._mctx, ch.handle) != 0:
+                raise BadModelFile(
+                    f"the projector {self.mmproj_path} failed to encode an image: {llama_log.last_error()}"
+                )
+            ptr = mtmd.mtmd_get_output_embd(self._mctx)
+            emb = np.ctypeslib.as_array(ptr, shape=(ch.n_tokens * self.n_embd,))
+            out.append(emb.reshape(ch.n_tokens, self.n_embd).copy())
+        return out
+
+    def _check_image_fits(self, ch: Chunk) -> None:
+        if ch.n_tokens > self.n_batch:
+            raise BadInput(
+                f"an image takes {ch.n_tokens} tokens but n_batch is {self.n_batch}",
+                hint=f"create the scorer with n_batch >= {ch.n_tokens}",
+            )
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        self.llama.llama_memory_clear(self.mem, True)
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        self.llama.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+
+    def seq_rm(self, seq: int, p0: int = -1) -> None:
+        self.llama.llama_memory_seq_rm(self.mem, seq, p0, -1)
+
+    def eval_chunks(self, chunks: Chunks) -> np.ndarray:
+        """The naive path: decode every chunk on seq 0 (encoding images), logits of the last."""
+        for ch in chunks.items:
+            if ch.kind == CHUNK_IMAGE:
+                self._check_image_fits(ch)
+        new_pos = self.llama.llama_pos(0)
+        res = self.mtmd.mtmd_helper_eval_chunks(
+            self._mctx, self._ctx, chunks.handle, 0, 0, self.n_batch, True, ctypes.byref(new_pos)
+        )
+        if res != 0:
+            raise BadInput(
+                f"llama.cpp failed to evaluate the prompt ({res}: {llama_log.last_error()})",
+                hint="try a larger n_ctx",
+            )
+        return self.logits(-1)
+
+    def decode_tokens(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Decode ``(token, pos, seq, want_logits)`` entries, at most n_batch at once."""
+        if len(entries) > self.n_batch:
+            raise ValueError("too many tokens for one batch")
+        b = self._batch
+        b.n_tokens = len(entries)
+        for i, (tok, pos, seq, want) in enumerate(entries):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = 1 if want else 0
+        res = self.llama.llama_decode(self._ctx, b)
+        if res != 0:
+            raise BadInput(
+                f"llama.cpp failed to decode a batch ({res}: {llama_log.last_error()})",
+                hint="try a larger n_ctx",
+            )
+
+    def decode_image(self, chunk: Chunk, embd: np.ndarray, pos: int, seq: int) -> int:
+        """Decode pre-encoded image embeddings at ``pos`` on ``seq``; returns the next pos."""
+        self._check_image_fits(chunk)
+        if embd.shape != (chunk.n_tokens, self.n_embd) or embd.dtype != np.float32:
+            raise BadInput("cached image embeddings do not fit this model")
+        data = np.ascontiguousarray(embd)
+        new_pos = self.llama.llama_pos(0)
+        res = self.mtmd.mtmd_helper_decode_image_chunk(
+            self._mctx,
+            self._ctx,
+            chunk.handle,
+            data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            pos,
+            seq,
+            self.n_batch,
+            ctypes.byref(new_pos),
+            self._no_callback,
+            None,
+        )
+        if res != 0:
+            raise BadInput(
+                f"llama.cpp failed to decode an image ({res}: {llama_log.last_error()})",
+                hint="try a larger n_ctx",
+            )
+        return int(new_pos.value)
+
+    def logits(self, index: int) -> np.ndarray:
+        ptr = self.llama.llama_get_logits_ith(self._ctx, index)
+        if not ptr:
+            raise BadInput("llama.cpp returned no logits")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
