@@ -1,1 +1,157 @@
-"""Session fixtures: tiny random Gemma3 VLM converted to GGUF."""
+"""Session fixtures: tiny random Gemma3 VLM converted to GGUF.
+
+Built once per pytest session: the HF checkout (``build_tiny_gemma3``), llama.cpp's
+converter for the installed llama-cpp-python (from its sdist; set
+``RETLLM_TEST_CONVERTER_DIR`` to keep the extracted converter between sessions), and three
+conversions through ``convert_vlm``: f32 (+ f32 projector, for parity with transformers),
+f16 (+ f16 projector) and q8_0 (+ q8_0 projector).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+COLORS = [
+    (220, 40, 40), (40, 160, 60), (40, 70, 200), (230, 200, 40), (150, 60, 170),
+    (30, 30, 30), (240, 240, 240), (240, 130, 30), (90, 200, 210), (120, 80, 40),
+]  # fmt: skip
+
+CAPTIONS = [
+    "a dog running on the beach",
+    "two cats sitting under a tree",
+    "a red car parked on the street",
+    "a man riding a horse near the river",
+    "blue sky over a large city",
+    "a small yellow bird flying over grass",
+    "a child playing with a ball in the park",
+    "a white boat on the water at night",
+]
+
+
+def scene(index: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """A deterministic synthetic picture: background, a shape and a stripe, by index."""
+    w, h = size
+    bg = COLORS[index % len(COLORS)]
+    fg = COLORS[(index * 3 + 1) % len(COLORS)]
+    img = Image.new("RGB", size, bg)
+    draw = ImageDraw.Draw(img)
+    x0, y0 = (index * 7) % (w // 2), (index * 11) % (h // 2)
+    box = (x0, y0, x0 + w // 2, y0 + h // 2)
+    if index % 3 == 0:
+        draw.ellipse(box, fill=fg)
+    elif index % 3 == 1:
+        draw.rectangle(box, fill=fg)
+    else:
+        draw.polygon([(x0, y0 + h // 2), (x0 + w // 4, y0), (x0 + w // 2, y0 + h // 2)], fill=fg)
+    stripe = COLORS[(index * 5 + 2) % len(COLORS)]
+    draw.rectangle((0, h - 6 - index % 8, w, h - 1 - index % 5), fill=stripe)
+    return img
+
+
+@pytest.fixture(scope="session")
+def vlm_images() -> list[Image.Image]:
+    return [scene(i) for i in range(10)]
+
+
+@pytest.fixture(scope="session")
+def vlm_captions() -> list[str]:
+    return list(CAPTIONS)
+
+
+@pytest.fixture(scope="session")
+def vlm_converter(tmp_path_factory):
+    from retllm_lite.quantize.converter import get_converter
+
+    root = os.environ.get("RETLLM_TEST_CONVERTER_DIR") or tmp_path_factory.mktemp("converters")
+    return get_converter(root=root)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_hf(tmp_path_factory) -> Path:
+    from retllm_lite.quantize.tiny_vlm import build_tiny_gemma3
+
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3") / "hf")
+
+
+def _convert(hf: Path, converter, tmp_path_factory, text_type: str, mmproj_type: str):
+    from retllm_lite.quantize.vlm import convert_vlm
+
+    from retllm_lite.rerank.manifest import read_manifest
+
+    out = tmp_path_factory.mktemp(f"vlm-{text_type}") / "model"
+    convert_vlm(hf, out, text_type=text_type, mmproj_type=mmproj_type, converter=converter,
+                name="tiny-gemma3", n_threads=1)  # fmt: skip
+    return read_manifest(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_f32(tiny_vlm_hf, vlm_converter, tmp_path_factory):
+    return _convert(tiny_vlm_hf, vlm_converter, tmp_path_factory, "f32", "f32")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_f16(tiny_vlm_hf, vlm_converter, tmp_path_factory):
+    return _convert(tiny_vlm_hf, vlm_converter, tmp_path_factory, "f16", "f16")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_q8(tiny_vlm_hf, vlm_converter, tmp_path_factory):
+    return _convert(tiny_vlm_hf, vlm_converter, tmp_path_factory, "q8_0", "q8_0")
+
+
+@pytest.fixture(scope="session")
+def f16_scorer(tiny_vlm_f16):
+    """One shared f16 scorer, defaults (candidates one at a time, bit-identical to naive).
+
+    One thread: other jobs share these 2 cores, and a 2-thread barrier stalls when one
+    core is taken (results do not depend on the thread count).
+    """
+    from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
+
+    scorer = LlamaMtmdScorer(tiny_vlm_f16.model, tiny_vlm_f16.mmproj, n_threads=1)
+    yield scorer
+    scorer.close()
+
+
+@pytest.fixture(scope="session")
+def f32_batched_scorer(tiny_vlm_f32):
+    """f32 weights, projector and KV cache; 3 candidates per batched decode."""
+    from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
+
+    scorer = LlamaMtmdScorer(tiny_vlm_f32.model, tiny_vlm_f32.mmproj, kv_type="f32",
+                             batch_size=3, n_ctx=1024, n_threads=1)  # fmt: skip
+    yield scorer
+    scorer.close()
+
+
+@pytest.fixture(scope="session")
+def hf_reference(tiny_vlm_hf):
+    """transformers forward pass on given llama.cpp token ids and images -> next-token probs."""
+    import torch
+    from transformers import AutoImageProcessor, Gemma3ForConditionalGeneration
+
+    model = Gemma3ForConditionalGeneration.from_pretrained(tiny_vlm_hf, dtype=torch.float32).eval()
+    processor = AutoImageProcessor.from_pretrained(tiny_vlm_hf, use_fast=False)
+    image_token = model.config.image_token_index
+
+    def probs(segments, images):
+        ids: list[int] = []
+        types: list[int] = []
+        for seg in segments:
+            if seg.kind == "text":
+                ids += seg.tokens
+                types += [0] * len(seg.tokens)
+            else:
+                ids += [image_token] * seg.n_tokens
+                types += [1] * seg.n_tokens
+        pixels = torch.cat([processor(images=im, return_tensors="pt")["pixel_values"] for im in images])
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), pixel_values=pixels,
+                        token_type_ids=torch.tensor([types]))  # fmt: skip
+        return torch.softmax(out.logits[0, -1].double(), dim=-1).numpy()
+
+    return probs

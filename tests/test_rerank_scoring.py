@@ -1,0 +1,231 @@
+"""LlamaMtmdScorer on the tiny Gemma3: fast path vs naive path, enhancement, ranking, caches."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retllm_lite.rerank.embedding_cache import EmbeddingCache
+from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
+from retllm_lite.rerank.scorer import Item, Scorer, rank_order
+
+TOL = 1e-4
+
+
+def _assert_same(fast, naive):
+    assert len(fast) == len(naive)
+    for a, b in zip(fast, naive, strict=True):
+        assert a.enhanced == b.enhanced
+        assert abs(a.p_true - b.p_true) < TOL
+        assert abs(a.p_false - b.p_false) < TOL
+        assert abs(a.entropy - b.entropy) < TOL
+        assert (a.first_pass is None) == (b.first_pass is None)
+
+
+def _cases(images, captions):
+    """(query, candidates) for each pairing the fast path handles differently."""
+    return {
+        "image->text": (Item(image=images[0]), captions),  # shared prefix holds the image
+        "text->image": (Item(text=captions[1]), [Item(image=im) for im in images[:9]]),
+        "image->image": (Item(image=images[1]), [Item(image=im) for im in images[2:8]]),
+        "image+text->image": (
+            Item(text="make it blue", image=images[2]),
+            [Item(image=im) for im in images[3:8]],
+        ),
+        "text->image+text": (
+            Item(text=captions[2]),
+            [Item(text=c, image=im) for c, im in zip(captions[:5], images[5:], strict=False)],
+        ),
+        "text->text": (Item(text=captions[3]), captions[:6]),
+    }
+
+
+@pytest.mark.parametrize("enhance", ["off", "always", "gated:0.3"])
+def test_fast_path_is_bit_identical_to_naive_path(f16_scorer, vlm_images, vlm_captions, enhance):
+    for name, (query, cands) in _cases(vlm_images, vlm_captions).items():
+        fast = f16_scorer.score_pairs(query, cands, enhance=enhance, fast=True)
+        naive = f16_scorer.score_pairs(query, cands, enhance=enhance, fast=False)
+        assert all(0 < s.p_true < 1 and 0 < s.entropy < 1 for s in fast), name
+        _assert_same(fast, naive)
+        # One candidate at a time: same kernels, same KV layout, so the very same floats.
+        assert [(s.p_true, s.p_false, s.entropy) for s in fast] == [
+            (s.p_true, s.p_false, s.entropy) for s in naive
+        ], name
+        if enhance == "always":
+            has_image = query.has_image or any(Item.coerce(c).has_image for c in cands)
+            assert all(s.enhanced is has_image for s in fast), name
+
+
+@pytest.mark.parametrize("enhance", ["off", "always", "gated:0.3"])
+def test_batched_fast_path_equals_naive_path(f32_batched_scorer, vlm_images, vlm_captions, enhance):
+    scorer = f32_batched_scorer  # batch_size 3: 6..9 candidates need 2-3 batched decodes
+    fired = 0
+    for query, cands in _cases(vlm_images, vlm_captions).values():
+        fast = scorer.score_pairs(query, cands, enhance=enhance)
+        naive = scorer.score_pairs(query, cands, enhance=enhance, fast=False)
+        _assert_same(fast, naive)
+        fired += sum(s.enhanced for s in fast)
+    assert fired > 0 if enhance != "off" else fired == 0
+
+
+def test_candidates_are_scored_independently_of_their_batch(f32_batched_scorer, vlm_images, vlm_captions):
+    query = Item(image=vlm_images[4])
+    together = f32_batched_scorer.score_pairs(query, vlm_captions)
+    alone = [f32_batched_scorer.score_pairs(query, [c])[0] for c in reversed(vlm_captions)][::-1]
+    _assert_same(together, alone)
+
+
+def test_fast_path_encodes_each_image_once_and_reuses_the_prefix(tiny_vlm_f16, vlm_images, vlm_captions):
+    with LlamaMtmdScorer(tiny_vlm_f16.model, tiny_vlm_f16.mmproj, batch_size=3, n_threads=1) as s:
+        query = Item(text=vlm_captions[0])
+        cands = [Item(image=im) for im in vlm_images[:6]] + [Item(image=vlm_images[0])]
+        s.score_pairs(query, cands, enhance="always")  # each image appears twice per prompt
+        assert s.stats.images_encoded == 6
+        before = s.stats.prefix_units_evaluated
+        again = s.score_pairs(query, cands, enhance="always")
+        assert s.stats.images_encoded == 6  # all from memory
+        assert s.stats.prefix_units_evaluated == before  # the shared prefix was kept
+        assert s.stats.prefix_units_reused > 0
+        naive = s.score_pairs(query, cands, enhance="always", fast=False)
+        assert s.stats.images_encoded == 6 + 2 * len(cands)  # naive encodes every occurrence
+        _assert_same(again, naive)
+
+
+def test_disk_embedding_cache_round_trip(tiny_vlm_f16, vlm_images, vlm_captions, tmp_path):
+    cache = tmp_path / "emb"
+    query = Item(text=vlm_captions[5])
+    cands = [Item(image=im) for im in vlm_images[:4]]
+    with LlamaMtmdScorer(tiny_vlm_f16.model, tiny_vlm_f16.mmproj, embedding_cache=cache,
+                         n_threads=1) as first:  # fmt: skip
+        want = first.score_pairs(query, cands)
+        assert first.stats.images_encoded == 4
+    files = sorted(cache.rglob("*.npz"))
+    assert len(files) == 4 and not list(cache.rglob(".tmp-*"))
+    files[0].write_bytes(b"not an npz")  # a damaged entry is a miss, then rewritten
+    with LlamaMtmdScorer(tiny_vlm_f16.model, tiny_vlm_f16.mmproj, embedding_cache=cache,
+                         n_threads=1) as second:  # fmt: skip
+        got = second.score_pairs(query, cands)
+        assert second.stats.embedding_disk_hits == 3
+        assert second.stats.images_encoded == 1
+    _assert_same(got, want)
+
+
+def test_default_disk_cache_lives_under_the_cache_dir(tiny_vlm_f16, vlm_images, isolated_dirs):
+    with LlamaMtmdScorer(tiny_vlm_f16.model, tiny_vlm_f16.mmproj, embedding_cache=True,
+                         n_threads=1) as s:  # fmt: skip
+        s.score_pairs(Item(image=vlm_images[0]), ["a dog"])
+        assert isinstance(s._disk, EmbeddingCache)
+    root = isolated_dirs / "cache" / "retllm-lite" / "image-embeddings"
+    assert len(list(root.rglob("*.npz"))) == 1
+    # keyed by the projector's sha256
+    assert next(root.iterdir()).name == tiny_vlm_f16.manifest["mmproj"]["sha256"][:32]
+
+
+def test_gated_enhancement_fires_exactly_above_the_threshold(f16_scorer, vlm_images, vlm_captions):
+    for query, cands in [
+        (Item(text=vlm_captions[0]), [Item(image=im) for im in vlm_images]),
+        (Item(image=vlm_images[6]), vlm_captions),
+    ]:
+        first = f16_scorer.score_pairs(query, cands, enhance="off")
+        always = f16_scorer.score_pairs(query, cands, enhance="always")
+        entropies = sorted(s.entropy for s in first)
+        threshold = (entropies[len(entropies) // 2 - 1] + entropies[len(entropies) // 2]) / 2
+        for fast in (True, False):
+            gated = f16_scorer.score_pairs(query, cands, enhance=f"gated:{threshold}", fast=fast)
+            fired = [s.enhanced for s in gated]
+            assert fired == [s.entropy > threshold for s in first]
+            assert 0 < sum(fired) < len(fired)
+            for g, f, a in zip(gated, first, always, strict=True):
+                if g.enhanced:
+                    assert g.first_pass is not None
+                    assert abs(g.first_pass.entropy - f.entropy) < TOL
+                    assert abs(g.first_pass.p_true - f.p_true) < TOL
+                    assert abs(g.p_true - a.p_true) < TOL
+                else:
+                    assert g.first_pass is None
+                    assert abs(g.p_true - f.p_true) < TOL
+
+
+def test_paper_rule_through_the_model_breaks_rounded_ties_by_entropy(f16_scorer, vlm_images, vlm_captions):
+    scorer = Scorer(f16_scorer)
+    query = Item(image=vlm_images[7])
+    cands = [f"{a} {b}" for a in vlm_captions for b in ("", "at night", "in the snow")]
+    ranked = scorer.rank(query, cands)
+    raw = f16_scorer.score_pairs(query, cands)
+    assert [r.corpus_id for r in ranked] == [i for i, _ in rank_order(raw, rule="paper")]
+    assert sorted(r.corpus_id for r in ranked) == list(range(len(cands)))
+    keys = [(-round(r.p_true, 2), r.entropy) for r in ranked]
+    assert keys == sorted(keys)
+    ties = [(a, b) for a, b in itertools.pairwise(ranked) if round(a.p_true, 2) == round(b.p_true, 2)]
+    assert ties, "the candidates should include rounded ties"
+    assert any(a.p_true < b.p_true for a, b in ties)  # lower entropy won over higher P(True)
+    assert [r.score for r in ranked] == [round(r.p_true, 2) for r in ranked]
+    assert [r.corpus_id for r in scorer.rank(query, cands, rule="raw")] == sorted(
+        range(len(cands)), key=lambda i: -raw[i].p_true
+    )
+    top = scorer.rank(query, cands, top_k=3)
+    assert [r.as_dict()["corpus_id"] for r in top] == [r.corpus_id for r in ranked[:3]]
+
+
+def test_scorer_predict_groups_pairs_by_query(f16_scorer, vlm_images, vlm_captions):
+    scorer = Scorer(f16_scorer, enhance="off")
+    q1, q2 = Item(image=vlm_images[0]), Item(text=vlm_captions[0])
+    pairs = [(q1, vlm_captions[0]), (q2, Item(image=vlm_images[1])), (q1, vlm_captions[1])]
+    got = scorer.predict(pairs)
+    want1 = f16_scorer.score_pairs(q1, vlm_captions[:2])
+    want2 = f16_scorer.score_pairs(q2, [Item(image=vlm_images[1])])
+    _assert_same(got, [want1[0], want2[0], want1[1]])
+    single = scorer.predict((q1, vlm_captions[1]))
+    _assert_same([single], [want1[1]])
+
+
+def test_listwise_pick_is_read_from_digit_logits(f32_batched_scorer, hf_reference, vlm_images, vlm_captions):
+    s = f32_batched_scorer
+    for image, k in [(vlm_images[0], 5), (vlm_images[3], 8)]:
+        captions = vlm_captions[:k]
+        pick = s.pick_caption(image, captions)
+        digits = s.choice_tokens(k)
+        assert [s.rt.token_text(t) for t in digits] == [str(i + 1) for i in range(k)]
+        segments = s.listwise_layout(image, captions)
+        probs = hf_reference(segments, [image])[digits]
+        probs = probs / probs.sum()
+        assert pick.index == int(np.argmax(probs))
+        assert np.allclose(pick.probs, probs, rtol=0, atol=1e-3)
+        assert sum(pick.probs) == pytest.approx(1.0)
+
+
+def test_images_are_decoded_upright_as_rgb(f16_scorer, vlm_images, tmp_path):
+    upright = vlm_images[5]
+    path = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 8  # orientation: the viewer turns the stored pixels 90 degrees left
+    upright.rotate(-90).save(path, exif=exif, quality=100, subsampling=0)
+    stored = Image.open(path)
+    stored.load()
+    # What a viewer shows, as a new image without the EXIF tag.
+    shown = Image.fromarray(np.asarray(stored.transpose(Image.Transpose.ROTATE_90)))
+
+    def p_true(image):
+        return f16_scorer.score_pairs(Item(image=image), ["a red car"])[0].p_true
+
+    assert abs(p_true(path) - p_true(shown)) < TOL
+    sideways = Image.fromarray(np.asarray(stored))
+    assert abs(p_true(path) - p_true(sideways)) > 10 * TOL  # orientation matters here
+    gray_alpha = upright.convert("LA")
+    png = tmp_path / "gray.png"
+    gray_alpha.save(png)
+    assert abs(p_true(png) - p_true(gray_alpha.convert("RGB"))) < TOL
+
+
+def test_search_path_does_not_import_torch():
+    code = (
+        "import sys, retllm_lite.rerank.llama_mtmd, retllm_lite.rerank.scorer, "
+        "retllm_lite.rerank.manifest; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
