@@ -252,6 +252,8 @@ def resolve_clip_dir(name_or_dir: str | os.PathLike | None = None) -> Path:
         return model_dir(name)
     if path.exists():
         raise ModelNotFound(f"{path}: not a model directory", hint="pass the folder that holds manifest.json")
+    if path.parent == models_dir() and registry.find(path.name):  # a pulled model, since removed
+        raise _not_here(path.name, "clip")
     raise _not_here(name, "clip")
 
 

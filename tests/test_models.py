@@ -272,6 +272,7 @@ def test_huggingface_hub_imported_offline_still_downloads_when_online(online, mo
 
 
 def test_first_index_downloads_the_default_clip_and_search_uses_it(online, photos, tmp_path):
+    pytest.importorskip("retllm_lite.encode.hf_layout")  # HF CLIP support (its own change)
     online.add(CLIP.repo, tiny_hf_clip_files(), commit=CLIP.revision)
     index = tmp_path / "idx"
     res = invoke("index", photos, "--index", index)
@@ -308,6 +309,13 @@ def test_first_index_downloads_the_default_clip_and_search_uses_it(online, photo
     assert "avx2" in report["cpu"]["features"] or report["cpu"]["machine"] != "x86_64"
     assert {"onnxruntime", "llama_cpp_python", "hnswlib", "numpy", "pillow"} <= set(report["versions"])
     assert any("qwen2-vl-2b" in p["fix"] for p in report["problems"])  # default VLM not here: a note
+
+    assert invoke("models", "remove", "clip-vit-b-32").exit_code == 0
+    gone = invoke("index", photos, "--index", index)
+    assert gone.exit_code == 1 and "retllm models pull clip-vit-b-32" in gone.output
+    report = json.loads(invoke("doctor", "--json", "--index", index).stdout)
+    assert {"level": "error", "problem": f"the model that built the index is gone ({folder})",
+            "fix": "retllm models pull clip-vit-b-32"} in report["problems"]  # fmt: skip
 
 
 def test_quantize_entry_downloads_the_checkpoint_and_says_how_to_make_it(online):

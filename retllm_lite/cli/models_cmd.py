@@ -18,7 +18,9 @@ offline_option = click.option(
 
 
 def _mb(n: int | None) -> str:
-    return "" if not n else f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"
+    if not n:
+        return ""
+    return f"{n / 1e6:,.0f} MB" if n >= 1e7 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"
 
 
 @cli.group("models", cls=Group)
