@@ -1,7 +1,9 @@
 """Write a verified two-tower ONNX model directory (shared by every CLIP-like exporter).
 
 An exporter hands over the torch modules of both towers plus input makers; this module
-exports them (dynamic batch), checks parity against torch on fresh random inputs,
+exports them with ``torch.onnx.export`` (dynamic batch) or takes an ONNX file the
+exporter already made (``Tower.onnx_file``: Hugging Face checkouts go through optimum),
+checks parity against torch on fresh random inputs,
 builds int8 variants with ``onnxruntime.quantization.quantize_dynamic`` (settings chosen
 per tower by measured parity, then speed), and writes ``manifest.json`` last. Everything
 is written to a temporary sibling directory and renamed into place, so an interrupted
@@ -18,7 +20,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,13 +47,21 @@ class ParityError(RetllmError):
 
 @dataclass
 class Tower:
-    """One tower to export: a torch module and how to make inputs for it."""
+    """One tower to export: a torch module and how to make inputs for it.
+
+    ``module`` is the reference parity is measured against. Without ``onnx_file`` it is
+    also what ``torch.onnx.export`` exports; with it, that ready-made ONNX file (made by
+    another exporter, described by ``exporter``) is verified and used instead.
+    """
 
     name: str  # "image" or "text"
     module: object  # torch.nn.Module mapping input tensors to (unnormalised) embeddings
     input_names: list[str]
     make_inputs: Callable[[np.random.Generator, int], dict[str, np.ndarray]]
     extra: dict = field(default_factory=dict)
+    onnx_file: Path | None = None
+    exporter: str | None = None
+    output: str | None = None  # the ONNX output holding the embedding (None: the first)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -76,8 +86,9 @@ def _ort_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _ort_run(session, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+def _ort_run(session, feeds: dict[str, np.ndarray], output: str | None = None) -> np.ndarray:
+    outputs = [output] if output else None
+    return session.run(outputs, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
 
 
 def export_onnx(tower: Tower, path: Path, log: Callable[[str], None]) -> str:
@@ -131,7 +142,7 @@ def check_parity(tower: Tower, session, batches=(1, 5), seed: int = 1234) -> dic
     for b in batches:
         feeds = tower.make_inputs(rng, b)
         ref = _torch_run(tower, feeds)
-        got = _ort_run(session, feeds)
+        got = _ort_run(session, feeds, tower.output)
         if got.shape != ref.shape:
             raise ParityError(f"{tower.name} tower: ONNX output shape {got.shape} != torch {ref.shape}")
         cos.extend(_cosines(got, ref).tolist())
@@ -146,11 +157,11 @@ def check_parity(tower: Tower, session, batches=(1, 5), seed: int = 1234) -> dic
 
 def _time_session(tower: Tower, session, batch: int = 8, repeats: int = 5) -> float:
     feeds = tower.make_inputs(np.random.default_rng(7), batch)
-    _ort_run(session, feeds)
+    _ort_run(session, feeds, tower.output)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _ort_run(session, feeds)
+        _ort_run(session, feeds, tower.output)
         best = min(best, time.perf_counter() - t0)
     return best / batch
 
@@ -200,8 +211,9 @@ def quantize_tower(tower: Tower, fp32_path: Path, out_path: Path, log) -> dict |
     }
 
 
-def _file_entry(path: Path) -> dict:
-    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+def _file_entry(path: Path, output: str | None = None) -> dict:
+    entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {**entry, "output": output} if output else entry
 
 
 def _versions() -> dict:
@@ -226,8 +238,12 @@ def write_model_dir(
     int8: bool = True,
     force: bool = False,
     log: Callable[[str], None] = print,
+    extra_files: Sequence[Path] = (),
 ) -> dict:
-    """Export, verify and write the towers plus manifest.json into ``out_dir`` atomically."""
+    """Export, verify and write the towers plus manifest.json into ``out_dir`` atomically.
+
+    ``extra_files`` (tokenizer and config files) are copied next to the towers.
+    """
     out_dir = Path(out_dir).expanduser().resolve()
     prepare_out_dir(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -240,10 +256,15 @@ def write_model_dir(
         for tower in towers:
             t0 = time.perf_counter()
             fp32 = work / f"{tower.name}.onnx"
-            exporters[tower.name] = export_onnx(tower, fp32, log)
+            if tower.onnx_file is not None:
+                shutil.copyfile(tower.onnx_file, fp32)
+                exporters[tower.name] = tower.exporter or "external"
+            else:
+                exporters[tower.name] = export_onnx(tower, fp32, log)
             p = check_parity(tower, _ort_session(fp32))
+            done = "checked" if tower.onnx_file is not None else "exported"
             log(
-                f"  {tower.name} tower exported in {time.perf_counter() - t0:.1f}s: "
+                f"  {tower.name} tower {done} in {time.perf_counter() - t0:.1f}s: "
                 f"min cosine {p['min_cosine']:.7f}, max abs diff {p['max_abs_diff']:.2e}"
             )
             if p["min_cosine"] < FP32_MIN_COSINE:
@@ -252,14 +273,14 @@ def write_model_dir(
                     f"{FP32_MIN_COSINE}; nothing was written",
                     hint="this architecture does not export faithfully; report it",
                 )
-            variants["fp32"][tower.name] = _file_entry(fp32)
+            variants["fp32"][tower.name] = _file_entry(fp32, tower.output)
             parity["fp32"][tower.name] = p
             if int8:
                 q = quantize_tower(tower, fp32, work / f"{tower.name}.int8.onnx", log)
                 quant[tower.name] = q
                 if q["chosen"] is not None:
                     variants.setdefault("int8", {})[tower.name] = _file_entry(
-                        work / f"{tower.name}.int8.onnx"
+                        work / f"{tower.name}.int8.onnx", tower.output
                     )
                     parity.setdefault("int8", {})[tower.name] = q["parity"]
         if int8 and "int8" in variants:
@@ -287,6 +308,8 @@ def write_model_dir(
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        for src in extra_files:
+            shutil.copyfile(src, work / Path(src).name)
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         for f in work.iterdir():
             with open(f, "rb") as fh:

@@ -83,7 +83,7 @@ class OnnxClipEncoder:
         return self._tokenizer
 
     def load_image(self, source: ImageSource) -> LoadedImage:
-        return load_image(source, self.preprocess_config.size, self.draft_factor)
+        return load_image(source, self.preprocess_config.short_side, self.draft_factor)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess(image, self.preprocess_config)

@@ -37,6 +37,7 @@ class PreprocessConfig:
     resize_mode: str = "shortest"  # "shortest" (resize + centre crop) or "squash"
     crop_rounding: str = "round"  # torchvision rounds the crop offset; HF floors it
     rgb_first: bool = False  # HF image processors convert to RGB before resizing
+    resize_size: int | None = None  # "shortest": short side before the crop (None: ``size``)
 
     def __post_init__(self) -> None:
         if self.interpolation not in _FILTERS:
@@ -45,6 +46,15 @@ class PreprocessConfig:
             raise ValueError(f"unsupported resize_mode {self.resize_mode!r}")
         if self.crop_rounding not in ("round", "floor"):
             raise ValueError(f"unsupported crop_rounding {self.crop_rounding!r}")
+        if self.resize_size is not None and (self.resize_mode != "shortest" or self.resize_size < self.size):
+            raise ValueError(
+                f"resize_size {self.resize_size} needs resize_mode 'shortest' and must be >= size {self.size}"
+            )
+
+    @property
+    def short_side(self) -> int:
+        """The short side after resizing (what a reduced JPEG decode must keep)."""
+        return self.resize_size or self.size
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
@@ -61,9 +71,11 @@ class PreprocessConfig:
             resize_mode=d.get("resize_mode", "shortest"),
             crop_rounding=d.get("crop_rounding", "round"),
             rgb_first=bool(d.get("rgb_first", False)),
+            resize_size=int(d["resize_size"]) if d.get("resize_size") is not None else None,
         )
 
     def to_dict(self) -> dict:
+        extra = {} if self.resize_size is None else {"resize_size": self.resize_size}
         return {
             "size": self.size,
             "mean": list(self.mean),
@@ -72,6 +84,7 @@ class PreprocessConfig:
             "resize_mode": self.resize_mode,
             "crop_rounding": self.crop_rounding,
             "rgb_first": self.rgb_first,
+            **extra,
         }
 
 
@@ -163,11 +176,13 @@ def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     if cfg.resize_mode == "squash":
         return img.resize((size, size), resample) if img.size != (size, size) else img
     w, h = img.size
-    # torchvision's Resize(int): short side -> size, long side -> int(size * long / short)
+    # torchvision's Resize(int) and HF's shortest_edge resize: short side -> short,
+    # long side -> int(short * long / short_before)
+    short = cfg.short_side
     if w <= h:
-        new_w, new_h = size, int(size * h / w)
+        new_w, new_h = short, int(short * h / w)
     else:
-        new_w, new_h = int(size * w / h), size
+        new_w, new_h = int(short * w / h), short
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), resample)
     if cfg.crop_rounding == "round":
