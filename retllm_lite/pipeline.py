@@ -115,11 +115,15 @@ class Retriever:
     @classmethod
     def open(cls, index_path=None, clip_model=None, variant: str | None = None, scorer=None) -> Retriever:
         index = Index.open(index_path)
-        encoder = None
-        if clip_model is not None:
-            built = index.encoder_info()
-            encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
-        return cls(index, encoder, scorer)
+        try:
+            encoder = None
+            if clip_model is not None:
+                built = index.encoder_info()
+                encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
+            return cls(index, encoder, scorer)
+        except BaseException:
+            index.close()
+            raise
 
     def close(self) -> None:
         self.index.close()

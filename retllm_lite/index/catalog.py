@@ -123,7 +123,12 @@ class Catalog:
     def open(cls, directory: Path, readonly: bool = False, create: bool = False) -> Catalog:
         path = directory / CATALOG_NAME
         try:
-            if readonly:
+            if readonly and os.access(directory, os.W_OK) and os.access(path, os.W_OK):
+                # A read-write handle that refuses writes (query_only): unlike mode=ro it
+                # cleans up SQLite's -wal/-shm side files when it closes.
+                db = sqlite3.connect(path, timeout=30, isolation_level=None)
+                db.execute("PRAGMA query_only=ON")
+            elif readonly:
                 try:
                     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
                     db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
