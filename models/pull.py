@@ -9,6 +9,7 @@ CLIP gets our manifest.json from its Hugging Face files, a GGUF pair the VLM man
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -65,16 +66,7 @@ def pull(
     if hub.offline_requested(offline):
         raise offline_error(entry, "downloads are off (--offline, RETLLM_OFFLINE or HF_HUB_OFFLINE)")
 
-    from filelock import FileLock, Timeout
-
-    lock = store.lock_path(entry.name)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with FileLock(str(lock), timeout=1):
-            pass
-    except Timeout:
-        say(f"another pull of {entry.name} is running; waiting for it")
-    with FileLock(str(lock)):
+    with _pull_lock(entry.name, say):
         if store.is_present(entry) and not force:  # the other pull finished it
             return _maybe_quantize(entry, _summary(entry, final, "present"), quantize, say)
         snap = hub.snapshot(entry.repo, entry.revision)
@@ -112,6 +104,25 @@ def pull(
         _move_into_place(stage, final)
     _remember_verified(final, records)
     return _maybe_quantize(entry, _summary(entry, final, "downloaded", record), quantize, say)
+
+
+@contextlib.contextmanager
+def _pull_lock(name: str, say: Callable[[str], None]):
+    """One pull of a model at a time (another process waits, then finds it done)."""
+    from filelock import FileLock, Timeout
+
+    path = store.lock_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"another pull of {name} is running; waiting for it")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _make_model(entry: ModelEntry, stage: Path, record: dict) -> None:
