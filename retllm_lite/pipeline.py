@@ -20,6 +20,7 @@ from .encode.base import ImageSource
 from .errors import BadInput, ModelNotFound
 from .index.catalog import ItemRow
 from .index.store import Index
+from .paths import models_dir
 
 DEFAULT_IMAGE_WEIGHT = 0.5
 
@@ -106,10 +107,15 @@ class Retriever:
         try:
             return load_encoder(info.location, variant=info.variant)
         except ModelNotFound:
+            location = Path(info.location)
+            if location.parent == models_dir():  # a pulled model that was removed
+                hint = f"retllm models pull {location.name}"
+            else:
+                hint = "pass --clip-model DIR pointing at the same model"
             raise ModelNotFound(
                 f"the model that built {index.directory} ({info.name}, manifest "
                 f"{info.manifest_sha256[:12]}…) is no longer at {info.location}",
-                hint="pass --clip-model DIR pointing at the same model",
+                hint=hint,
             ) from None
 
     @classmethod

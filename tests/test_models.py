@@ -313,9 +313,17 @@ def test_first_index_downloads_the_default_clip_and_search_uses_it(online, photo
     assert invoke("models", "remove", "clip-vit-b-32").exit_code == 0
     gone = invoke("index", photos, "--index", index)
     assert gone.exit_code == 1 and "retllm models pull clip-vit-b-32" in gone.output
+    lost = invoke("search", "a red car", "--index", index)
+    assert lost.exit_code == 1 and "retllm models pull clip-vit-b-32" in lost.stderr
     report = json.loads(invoke("doctor", "--json", "--index", index).stdout)
     assert {"level": "error", "problem": f"the model that built the index is gone ({folder})",
             "fix": "retllm models pull clip-vit-b-32"} in report["problems"]  # fmt: skip
+
+    # pulled again, it is the same model (same manifest sha256): the index works again
+    assert invoke("models", "pull", "clip-vit-b-32").exit_code == 0
+    back = invoke("search", "--image", target, "--index", index, "--json", "-k", "1")
+    assert back.exit_code == 0, back.output
+    assert json.loads(back.stdout)[0]["path"] == str(target)
 
 
 def test_quantize_entry_downloads_the_checkpoint_and_says_how_to_make_it(online):

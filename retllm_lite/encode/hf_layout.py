@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path, PurePosixPath
 
 from ..errors import BadInput, BadModelFile, MissingDependency, ModelNotFound, RetllmError
@@ -393,8 +392,9 @@ def write_hf_manifest(
         "variants": entries,
         "default_variant": default_variant,
         "parity": parity,
+        # No timestamp: the manifest is a function of the files, so re-pulling the same
+        # model gives the same manifest sha256, which is how an index recognises its model.
         **(extra or {}),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=model_dir)
     try:
