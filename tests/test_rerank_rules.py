@@ -158,14 +158,16 @@ def test_every_pairing_has_a_template_with_the_right_slots():
             slots = [p for p in parts if isinstance(p, Slot)]
             assert slots == [Slot("query")] * qi + [Slot("candidate")] * ci
             text = "".join(p for p in parts if isinstance(p, str))
-            assert text.endswith("Answer True or False.")
+            assert text.count("Answer True or False.") == 1
             for t in (qt, ct):
                 if t:
                     assert t in text
-            # The query comes first so all candidates share the prefix.
+            # Query and question first, candidate last: all candidates share the prefix.
             first_candidate = next(
                 i for i, p in enumerate(parts) if p == Slot("candidate") or (ct and p == ct)
             )
+            before = "".join(p for p in parts[:first_candidate] if isinstance(p, str))
+            assert "Answer True or False." in before
             assert all(p != Slot("query") and p != qt for p in parts[first_candidate:])
 
 

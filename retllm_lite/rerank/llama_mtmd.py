@@ -29,6 +29,7 @@ Two evaluation paths:
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -92,12 +93,72 @@ class _Prompt:
 
 @dataclass
 class _Run:
-    """One mtmd chunk of a prompt: a run of text tokens, or one image's embeddings."""
+    """A prompt piece decoded in one go: text tokens, or one image's embeddings.
 
-    key: tuple[Any, ...]  # ("t", tokens) or ("i", image key, chunk index)
+    ``whole`` text runs are complete mtmd chunks and are cut into ``n_batch`` pieces from
+    their start exactly as the naive path does; parts of a chunk split at the shared
+    prefix are cut so that no piece is a single token (a 1-token decode takes a different
+    matmul kernel and would change the floats).
+    """
+
+    key: tuple[Any, ...]  # ("t", tokens, whole) or ("i", image key, chunk index)
     n_pos: int
     tokens: tuple[int, ...] = ()
     chunk: Chunk | None = None
+    whole: bool = True
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.tokens) if self.chunk is None else self.chunk.n_tokens
+
+
+def _text_run(tokens: tuple[int, ...], whole: bool) -> _Run:
+    return _Run(("t", tokens, whole), len(tokens), tokens, whole=whole)
+
+
+def _pieces(n: int, step: int, whole: bool) -> list[tuple[int, int]]:
+    bounds = [*range(0, n, step), n]
+    if not whole and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds[-2] -= 1
+    return list(itertools.pairwise(bounds))
+
+
+def _split_shared(runs: list[list[_Run]]) -> tuple[list[_Run], list[list[_Run]]]:
+    """The longest prefix all prompts share, and each prompt's remaining runs.
+
+    Whole runs are shared while equal; then, if every prompt continues with text, their
+    common tokens are shared too, provided no side of the cut is a single token and every
+    prompt keeps at least two tokens to decode.
+    """
+    n = _common_prefix([[r.key for r in rs] for rs in runs])
+    n = min(n, min(len(rs) for rs in runs) - 1)
+    prefix = list(runs[0][:n])
+    rests = [rs[n:] for rs in runs]
+    heads = [rest[0] for rest in rests]
+    if any(h.chunk is not None for h in heads):
+        return prefix, rests
+    first = heads[0].tokens
+    cut = min(len(h.tokens) for h in heads)
+    for h in heads[1:]:
+        cut = next((k for k in range(cut) if h.tokens[k] != first[k]), cut)
+
+    def ok(c: int) -> bool:
+        for h, rest in zip(heads, rests, strict=True):
+            left = len(h.tokens) - c
+            if left == 1 or (left == 0 and len(rest) == 1):
+                return False
+        return c != 1
+
+    while cut > 0 and not ok(cut):
+        cut -= 1
+    if cut == 0:
+        return prefix, rests
+    prefix.append(_text_run(first[:cut], whole=cut == len(first)))
+    out = []
+    for h, rest in zip(heads, rests, strict=True):
+        left = h.tokens[cut:]
+        out.append(([_text_run(left, whole=False)] if left else []) + rest[1:])
+    return prefix, out
 
 
 class LlamaMtmdScorer:
@@ -175,6 +236,11 @@ class LlamaMtmdScorer:
         rt = getattr(self, "rt", None)
         if rt is not None:
             rt.close()
+
+    def clear_caches(self) -> None:
+        """Forget in-memory image embeddings and the kept prefix (the disk cache stays)."""
+        self._embeddings.clear()
+        self._reset()
 
     def _open_disk_cache(self, spec: EmbeddingCache | str | Path | bool | None) -> EmbeddingCache | None:
         if spec is None or spec is False:
@@ -396,8 +462,7 @@ class LlamaMtmdScorer:
         seen: dict[str, int] = {}
         for ch in chunks.items:
             if ch.kind != CHUNK_IMAGE:
-                toks = tuple(ch.tokens)
-                out.append(_Run(("t", toks), len(toks), toks))
+                out.append(_text_run(tuple(ch.tokens), whole=True))
                 continue
             key = ch.image_id or ""
             embs = self._embeddings.get(key)
@@ -409,24 +474,20 @@ class LlamaMtmdScorer:
         return out
 
     def _eval_shared(self, runs: list[list[_Run]]) -> list[np.ndarray]:
-        n_prefix = _common_prefix([[r.key for r in rs] for rs in runs])
-        n_prefix = min(n_prefix, min(len(rs) for rs in runs) - 1)  # each keeps its last run
-        start = self._sync_prefix(runs[0][:n_prefix])
-        prefix_cells = _cells(runs[0][:n_prefix])
-        results: list[np.ndarray | None] = [None] * len(runs)
-        group: list[int] = []
-        for i, rs in enumerate(runs):
-            need = _cells(rs[n_prefix:])
-            if prefix_cells + need > self.rt.n_ctx:
+        prefix, suffixes = _split_shared(runs)
+        prefix_cells = sum(r.n_cells for r in prefix)
+        for rest in suffixes:
+            need = prefix_cells + sum(r.n_cells for r in rest)
+            if need > self.rt.n_ctx:
                 raise BadInput(
-                    f"a prompt takes {prefix_cells + need} tokens, more than n_ctx ({self.rt.n_ctx})",
+                    f"a prompt takes {need} tokens, more than n_ctx ({self.rt.n_ctx})",
                     hint="create the scorer with a larger n_ctx",
                 )
-            if len(group) == self.rt.n_seq:
-                self._eval_group(group, runs, n_prefix, start, results)
-                group = []
-            group.append(i)
-        self._eval_group(group, runs, n_prefix, start, results)
+        start = self._sync_prefix(prefix)
+        results: list[np.ndarray | None] = [None] * len(runs)
+        order = list(range(len(runs)))
+        for g in range(0, len(order), self.rt.n_seq):
+            self._eval_group(order[g : g + self.rt.n_seq], suffixes, start, results)
         return [r for r in results if r is not None]
 
     def _sync_prefix(self, prefix: list[_Run]) -> int:
@@ -454,33 +515,30 @@ class LlamaMtmdScorer:
     def _eval_group(
         self,
         group: list[int],
-        runs: list[list[_Run]],
-        n_prefix: int,
+        suffixes: list[list[_Run]],
         start: int,
         results: list[np.ndarray | None],
     ) -> None:
         rt = self.rt
-        step = rt.n_batch
         tails: list[tuple[int, int, int, tuple[int, ...]]] = []
         try:
             for j, i in enumerate(group):
                 seq = j + 1
                 rt.seq_cp(0, seq)
                 pos = start
-                suffix = runs[i][n_prefix:]
-                for r in suffix[:-1]:
+                *body, last = suffixes[i]
+                for r in body:
                     pos = self._decode_run(r, pos, seq)
-                last = suffix[-1].tokens
-                # Text is decoded in n_batch pieces from the start of its chunk, as mtmd does;
-                # only each prompt's final piece goes into the shared batch.
-                cut = (len(last) - 1) // step * step
-                if cut:
-                    pos = self._decode_text(last[:cut], pos, seq)
-                tails.append((i, seq, pos, last[cut:]))
+                pieces = _pieces(len(last.tokens), rt.n_batch, last.whole)
+                for a, b in pieces[:-1]:
+                    pos = self._decode_piece(last.tokens[a:b], pos, seq)
+                a, b = pieces[-1]
+                tails.append((i, seq, pos, last.tokens[a:b]))
+            # The final pieces of the group's prompts share one batched decode.
             entries: list[tuple[int, int, int, bool]] = []
             owners: list[tuple[int, int]] = []
             for i, seq, pos, tail in tails:
-                if entries and len(entries) + len(tail) > step:
+                if entries and len(entries) + len(tail) > rt.n_batch:
                     self._decode_batch(entries, owners, results)
                     entries, owners = [], []
                 entries.extend((t, pos + k, seq, k == len(tail) - 1) for k, t in enumerate(tail))
@@ -503,18 +561,16 @@ class LlamaMtmdScorer:
             results[i] = self.rt.logits(idx)
 
     def _decode_run(self, run: _Run, pos: int, seq: int) -> int:
-        if run.chunk is None:
-            return self._decode_text(run.tokens, pos, seq)
-        embd = self._embeddings[run.key[1]][run.key[2]]
-        return self.rt.decode_image(run.chunk, embd, pos, seq)
-
-    def _decode_text(self, tokens: Sequence[int], pos: int, seq: int) -> int:
-        step = self.rt.n_batch
-        for off in range(0, len(tokens), step):
-            part = tokens[off : off + step]
-            self.rt.decode_tokens([(t, pos + k, seq, False) for k, t in enumerate(part)])
-            pos += len(part)
+        if run.chunk is not None:
+            embd = self._embeddings[run.key[1]][run.key[2]]
+            return self.rt.decode_image(run.chunk, embd, pos, seq)
+        for a, b in _pieces(len(run.tokens), self.rt.n_batch, run.whole):
+            pos = self._decode_piece(run.tokens[a:b], pos, seq)
         return pos
+
+    def _decode_piece(self, tokens: Sequence[int], pos: int, seq: int) -> int:
+        self.rt.decode_tokens([(t, pos + k, seq, False) for k, t in enumerate(tokens)])
+        return pos + len(tokens)
 
     # -- image embeddings -----------------------------------------------------------------
 
@@ -551,10 +607,6 @@ class LlamaMtmdScorer:
             if key in keep:
                 continue
             total -= sum(a.nbytes for a in self._embeddings.pop(key))
-
-
-def _cells(runs: list[_Run]) -> int:
-    return sum(len(r.tokens) if r.chunk is None else r.chunk.n_tokens for r in runs)
 
 
 def _common_prefix(seqs: list[list[tuple[Any, ...]]]) -> int:

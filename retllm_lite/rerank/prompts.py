@@ -5,8 +5,10 @@ text and ``{query_image}``, ``{candidate_image}`` for where an image's embedding
 Visual enhancement appends ``enhance_suffix`` (by default ``"\\n{enhance_image}"``) after
 the question, so the image is seen a second time right before the answer.
 
-The default templates put the query first: everything up to the first candidate-specific
-token is then shared by all candidates and evaluated once (see ``llama_mtmd``).
+The default templates put the query and the question first and the candidate last:
+everything before the candidate is then shared by all candidates and evaluated once, and
+each candidate costs only its own tokens (see ``llama_mtmd``). With enhancement the image
+comes a second time after the candidate, right before the answer.
 
 Pairings follow the query/candidate modalities of M-BEIR style retrieval: each side is
 text, image, or image+text, so nine pairings; all nine have a default template. The
@@ -45,31 +47,47 @@ class Modality(str, Enum):
 _QUESTION = "Answer True or False."
 
 _TEMPLATES: dict[tuple[Modality, Modality], str] = {
-    (Modality.TEXT, Modality.IMAGE): "Query: {query_text}\nCandidate image: {candidate_image}\n"
-    f"Does the image match the query? {_QUESTION}",
-    (Modality.TEXT, Modality.TEXT): "Query: {query_text}\nCandidate: {candidate_text}\n"
-    f"Does the candidate match the query? {_QUESTION}",
-    (Modality.TEXT, Modality.IMAGE_TEXT): "Query: {query_text}\nCandidate image: {candidate_image}\n"
-    "Candidate text: {candidate_text}\n"
-    f"Does the candidate match the query? {_QUESTION}",
-    (Modality.IMAGE, Modality.TEXT): "Image: {query_image}\nCaption: {candidate_text}\n"
-    f"Does the caption describe the image? {_QUESTION}",
-    (Modality.IMAGE, Modality.IMAGE): "Query image: {query_image}\nCandidate image: {candidate_image}\n"
-    f"Do the two images show the same content? {_QUESTION}",
-    (Modality.IMAGE, Modality.IMAGE_TEXT): "Query image: {query_image}\nCandidate image: {candidate_image}\n"
-    "Candidate text: {candidate_text}\n"
-    f"Does the candidate match the query image? {_QUESTION}",
-    (
-        Modality.IMAGE_TEXT,
-        Modality.TEXT,
-    ): "Query image: {query_image}\nQuery text: {query_text}\nCandidate: {candidate_text}\n"
-    f"Does the candidate answer the query about the image? {_QUESTION}",
-    (Modality.IMAGE_TEXT, Modality.IMAGE): "Query image: {query_image}\nModification: {query_text}\n"
-    "Candidate image: {candidate_image}\n"
-    f"Does the candidate image show the query image with the modification? {_QUESTION}",
-    (Modality.IMAGE_TEXT, Modality.IMAGE_TEXT): "Query image: {query_image}\nQuery text: {query_text}\n"
-    "Candidate image: {candidate_image}\nCandidate text: {candidate_text}\n"
-    f"Does the candidate match the query? {_QUESTION}",
+    (Modality.TEXT, Modality.IMAGE): (
+        f"Query: {{query_text}}\nDoes the image below match the query? {_QUESTION}\n"
+        "Image: {candidate_image}"
+    ),
+    (Modality.TEXT, Modality.TEXT): (
+        f"Query: {{query_text}}\nDoes the candidate below match the query? {_QUESTION}\n"
+        "Candidate: {candidate_text}"
+    ),
+    (Modality.TEXT, Modality.IMAGE_TEXT): (
+        f"Query: {{query_text}}\nDoes the candidate below match the query? {_QUESTION}\n"
+        "Candidate image: {candidate_image}\nCandidate text: {candidate_text}"
+    ),
+    (Modality.IMAGE, Modality.TEXT): (
+        f"Image: {{query_image}}\nDoes the caption below describe the image? {_QUESTION}\n"
+        "Caption: {candidate_text}"
+    ),
+    (Modality.IMAGE, Modality.IMAGE): (
+        "Query image: {query_image}\n"
+        f"Does the image below show the same content as the query image? {_QUESTION}\n"
+        "Candidate image: {candidate_image}"
+    ),
+    (Modality.IMAGE, Modality.IMAGE_TEXT): (
+        "Query image: {query_image}\n"
+        f"Does the candidate below match the query image? {_QUESTION}\n"
+        "Candidate image: {candidate_image}\nCandidate text: {candidate_text}"
+    ),
+    (Modality.IMAGE_TEXT, Modality.TEXT): (
+        "Query image: {query_image}\nQuery text: {query_text}\n"
+        f"Does the candidate below answer the query about the image? {_QUESTION}\n"
+        "Candidate: {candidate_text}"
+    ),
+    (Modality.IMAGE_TEXT, Modality.IMAGE): (
+        "Query image: {query_image}\nModification: {query_text}\n"
+        f"Does the image below show the query image with the modification? {_QUESTION}\n"
+        "Candidate image: {candidate_image}"
+    ),
+    (Modality.IMAGE_TEXT, Modality.IMAGE_TEXT): (
+        "Query image: {query_image}\nQuery text: {query_text}\n"
+        f"Does the candidate below match the query? {_QUESTION}\n"
+        "Candidate image: {candidate_image}\nCandidate text: {candidate_text}"
+    ),
 }
 
 DEFAULT_ENHANCE_SUFFIX = "\n{enhance_image}"
