@@ -5,6 +5,7 @@ A backend (``PairScorer``, e.g. ``LlamaMtmdScorer``) turns a query and its candi
 
 * rule ``"paper"``: P(True) rounded to two decimals, higher first; ties go to the lower
   next-token entropy (normalised top-10 entropy, see ``logits``); then input order.
+  ``tie_break=False`` (an ablation) skips the entropy step: ties stay in input order.
 * rule ``"raw"``: unrounded P(True), then entropy.
 * rule ``"normalized"``: P(True) / (P(True) + P(False)), then entropy.
 * ``fusion=alpha`` mixes in the coarse CLIP score:
@@ -169,8 +170,13 @@ def rank_order(
     rule: Rule = "paper",
     fusion: float | None = None,
     clip_scores: Sequence[float] | None = None,
+    tie_break: bool = True,
 ) -> list[tuple[int, float]]:
-    """Sort indices by the rule; return ``(index, ranking score)`` best first."""
+    """Sort indices by the rule; return ``(index, ranking score)`` best first.
+
+    Equal values go to the lower entropy, then to input order; with ``tie_break=False``
+    straight to input order.
+    """
     if rule not in RULES:
         raise BadInput(f"unknown ranking rule {rule!r}", hint=f"use one of {', '.join(RULES)}")
     values = [rule_value(s, rule) for s in scores]
@@ -184,7 +190,8 @@ def rank_order(
         values = [fusion * c + (1.0 - fusion) * v for c, v in zip(norm, values, strict=True)]
     if rule == "paper":
         values = [round(v, 2) for v in values]
-    order = sorted(range(len(scores)), key=lambda i: (-values[i], scores[i].entropy, i))
+    entropy = [s.entropy if tie_break else 0.0 for s in scores]
+    order = sorted(range(len(scores)), key=lambda i: (-values[i], entropy[i], i))
     return [(i, values[i]) for i in order]
 
 
