@@ -75,3 +75,15 @@ def verify_file(path: str | Path, sha256: str, size: int | None = None, force: b
         )
     stamps[key] = stamp
     _save_stamps(stamps)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of ``path``, re-hashed only when its (size, mtime) changed since last time."""
+    path = Path(path)
+    st = path.stat()
+    stamp = _load_stamps().get(str(path.resolve()))
+    if stamp and stamp[:2] == [st.st_size, st.st_mtime_ns]:
+        return str(stamp[2])
+    sha = sha256_file(path)
+    record_verified(path, sha)
+    return sha
