@@ -229,3 +229,11 @@ def test_search_path_does_not_import_torch():
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scorer_from_manifest(tiny_vlm_f16, vlm_images):
+    with Scorer.from_manifest(tiny_vlm_f16.directory, verify=True, enhance="gated", n_threads=1) as scorer:
+        ranked = scorer.rank("a dog", [Item(image=im, id=f"img{i}") for i, im in enumerate(vlm_images[:3])])
+        assert sorted(r.id for r in ranked) == ["img0", "img1", "img2"]
+        assert scorer.enhance.mode == "gated" and scorer.enhance.threshold == 0.75
+    assert scorer.backend.rt.closed

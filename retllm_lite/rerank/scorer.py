@@ -233,6 +233,34 @@ class Scorer:
 
         return cls(LlamaMtmdScorer(model_path, mmproj_path, **backend_kwargs), enhance=enhance, rule=rule)
 
+    @classmethod
+    def from_manifest(
+        cls,
+        directory: str | Path,
+        *,
+        verify: bool = False,
+        enhance: Enhance | str = "off",
+        rule: Rule = "paper",
+        **backend_kwargs: Any,
+    ) -> Scorer:
+        """A Scorer over a directory written by ``convert_vlm`` (its manifest.json)."""
+        from retllm_lite.rerank.manifest import read_manifest
+
+        files = read_manifest(directory, verify=verify)
+        return cls.from_gguf(files.model, files.mmproj, enhance=enhance, rule=rule, **backend_kwargs)
+
+    def close(self) -> None:
+        """Free the backend's model (if it holds one)."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @overload
     def predict(self, pairs: Pair, *, enhance: Enhance | str | None = None) -> PairScore: ...
 
