@@ -30,7 +30,7 @@ class VlmFiles:
 
 def read_manifest(directory: str | Path, *, verify: bool = False) -> VlmFiles:
     """The files of a converted VLM; ``verify`` re-hashes them against the manifest."""
-    d = Path(directory)
+    d = Path(directory).expanduser()
     path = d / MANIFEST
     if not path.is_file():
         raise ModelNotFound(f"no {MANIFEST} in {d}", hint="convert the model with: retllm quantize vlm")
