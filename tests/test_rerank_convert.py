@@ -110,7 +110,8 @@ def test_offline_download_fails_cleanly(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    (tmp_path / "no-links").mkdir()
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-links"))
     monkeypatch.setenv("PIP_RETRIES", "0")
     monkeypatch.setenv("PIP_TIMEOUT", "2")
     with pytest.raises(MissingDependency) as exc:
