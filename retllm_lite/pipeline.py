@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,25 @@ from .index.store import Index
 from .paths import models_dir
 
 DEFAULT_IMAGE_WEIGHT = 0.5
+DEFAULT_RERANK_K = 5  # the paper reranks the coarse top-5
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """How the fine stage reorders the coarse top-k (see docs/rerank.md).
+
+    ``enhance``: "off", "always", "gated" or "gated:THRESHOLD" (visual enhancement).
+    ``rule``: "paper" (P(True) to two decimals, ties to lower entropy), "raw", "normalized".
+    ``fusion``: alpha in [0, 1] mixing the min-max normalised CLIP score into the rule's value.
+    ``listwise``: image -> text only: the model picks among the k captions by number (digit
+    logits); captions are ordered by that choice distribution.
+    """
+
+    k: int = DEFAULT_RERANK_K
+    enhance: str = "off"
+    rule: str = "paper"
+    fusion: float | None = None
+    listwise: bool = False
 
 
 @dataclass
@@ -169,8 +188,15 @@ class Retriever:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         modality: str | None = None,
+        rerank: RerankOptions | None = None,
     ) -> list[SearchHit]:
-        """Coarse search: the k best items for the query, best first."""
+        """The k best items for the query, best first.
+
+        With ``rerank``, the coarse top ``rerank.k`` are rescored by the scorer and reordered
+        (and ``k`` is ignored): the RetLLM two-stage pipeline.
+        """
+        if rerank is not None:
+            k = rerank.k
         if k <= 0:
             raise BadInput(f"k must be positive, got {k}")
         query = self.embed_query(text, image, image_weight)
@@ -200,4 +226,71 @@ class Retriever:
                     height=row.height,
                 )
             )
+        if rerank is not None:
+            hits = self.rerank(hits, text=text, image=image, options=rerank)
         return hits
+
+    def rerank(
+        self,
+        hits: list[SearchHit],
+        text: str | None = None,
+        image: ImageSource | None = None,
+        options: RerankOptions | None = None,
+    ) -> list[SearchHit]:
+        """Reorder coarse hits with the scorer; fills p_true, p_false, entropy, enhanced."""
+        from .rerank.scorer import Item
+
+        if self.scorer is None:
+            raise BadInput(
+                "reranking needs a scorer (a VLM)", hint="pass --vlm-model, or Retriever(scorer=...)"
+            )
+        options = options or RerankOptions()
+        # a file deleted since it was indexed cannot be shown to the model: leave it out
+        hits = [h for h in hits if h.path is None or Path(h.path).is_file()]
+        if not hits:
+            return []
+        query = Item(text=text or None, image=image)
+        if options.listwise:
+            return self._rerank_listwise(hits, query)
+        candidates = [Item(text=h.text, image=h.path, id=h.id) for h in hits]
+        ranked = self.scorer.rank(
+            query,
+            candidates,
+            rule=options.rule,
+            fusion=options.fusion,
+            clip_scores=[h.clip_score for h in hits],
+            enhance=options.enhance,
+        )
+        out = []
+        for new_rank, r in enumerate(ranked, start=1):
+            h = hits[r.corpus_id]
+            out.append(
+                replace(
+                    h,
+                    rank=new_rank,
+                    score=r.score,
+                    p_true=r.p_true,
+                    p_false=r.p_false,
+                    entropy=r.entropy,
+                    enhanced=r.enhanced,
+                )
+            )
+        return out
+
+    def _rerank_listwise(self, hits: list[SearchHit], query) -> list[SearchHit]:
+        if query.image is None or query.text or any(h.modality != "text" for h in hits):
+            raise BadInput(
+                "listwise reranking is for an image query against captions",
+                hint="use --image without TEXT and --modality text, or drop --listwise",
+            )
+        pick_caption = getattr(self.scorer.backend, "pick_caption", None)
+        if pick_caption is None:
+            raise BadInput("this scorer's backend cannot rerank listwise")
+        if len(hits) == 1:
+            return hits
+        pick = pick_caption(query.image, [h.text or "" for h in hits])
+        order = sorted(range(len(hits)), key=lambda i: (-pick.probs[i], i))
+        return [
+            replace(hits[i], rank=n, score=float(pick.probs[i]), entropy=pick.entropy, enhanced=False)
+            for n, i in enumerate(order, start=1)
+        ]

@@ -73,3 +73,74 @@ def quantize_clip_cmd(arch, hf_dir, pretrained, random_init, out_dir, seed, int8
     else:
         variants = ", ".join(manifest["variants"])
         click.echo(f"wrote {out_dir} ({variants}); use it with --clip-model {out_dir}")
+
+
+@quantize_group.command("vlm")
+@click.argument("hf_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option(
+    "--type",
+    "text_type",
+    type=click.Choice(["f16", "q8_0", "q4_k_m", "f32"]),
+    default="q4_k_m",
+    show_default=True,
+    help="Text model type (the llama.cpp quantizer runs on the text model only).",
+)
+@click.option(
+    "--mmproj-type",
+    type=click.Choice(["f16", "q8_0", "f32"]),
+    default="f16",
+    show_default=True,
+    help="Projector type (written by the converter itself, never by the quantizer).",
+)
+@click.option(
+    "--random-init",
+    is_flag=True,
+    help="Build a tiny random Gemma 3 VLM and convert it (tests and smoke runs; no HF_DIR).",
+)
+@click.option(
+    "--llama-cpp",
+    "llama_cpp_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Use this llama.cpp checkout's converter (default: the one matching llama-cpp-python).",
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@output_options()
+def quantize_vlm_cmd(
+    hf_dir, out_dir, text_type, mmproj_type, random_init, llama_cpp_dir, force, output_format
+):
+    """Convert a Hugging Face VLM checkout HF_DIR to a GGUF text model + mmproj, checked by scoring.
+
+    Uses llama.cpp's own converter at the commit llama-cpp-python was built from, then loads
+    the result and scores a pair; writes manifest.json with sha256s.
+    """
+    import tempfile
+
+    from ..quantize.vlm import convert_vlm
+
+    if bool(hf_dir) == bool(random_init):
+        raise click.UsageError("give HF_DIR or --random-init")
+    with tempfile.TemporaryDirectory(prefix="retllm-tiny-vlm-") as tmp:
+        if random_init:
+            from ..quantize.tiny_vlm import build_tiny_gemma3
+
+            click.echo("building a tiny random Gemma 3 checkout", err=True)
+            hf_dir = build_tiny_gemma3(Path(tmp) / "tiny-gemma3")
+        click.echo(f"converting {hf_dir} ({text_type}, mmproj {mmproj_type})", err=True)
+        manifest = convert_vlm(
+            hf_dir,
+            out_dir,
+            text_type=text_type,
+            mmproj_type=mmproj_type,
+            llama_cpp_dir=llama_cpp_dir,
+            overwrite=force,
+        )
+    if output_format in ("json", "nl"):
+        emit_json(manifest)
+    else:
+        smoke = manifest.get("smoke", {})
+        click.echo(
+            f"wrote {out_dir}: {manifest['text']['file']} + {manifest['mmproj']['file']} "
+            f"(smoke pair P(True) {smoke.get('p_true', float('nan')):.4f}); "
+            f"use it with --rerank --vlm-model {out_dir}"
+        )

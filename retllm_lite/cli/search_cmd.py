@@ -8,6 +8,7 @@ import click
 
 from .app import announce, cli, clip_option, index_option, offline_option, variant_option
 from .output import emit_json, emit_paths, emit_table, output_options
+from .rerank_options import rerank_options
 from .view import view_options
 
 
@@ -22,7 +23,12 @@ from .view import view_options
     help="Weight of the image in a text+image query.",
 )
 @click.option(
-    "-k", "--top", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of results."
+    "-k",
+    "--k",
+    "--top",
+    "k",
+    type=click.IntRange(min=1),
+    help="Number of results (default 10; with --rerank, the coarse top-k to rerank: 5).",
 )
 @click.option("--threshold", type=float, help="Drop results scoring below this cosine similarity.")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable).")
@@ -36,6 +42,7 @@ from .view import view_options
 @clip_option
 @variant_option
 @offline_option
+@rerank_options
 @output_options(paths=True)
 @view_options
 def search_cmd(
@@ -53,6 +60,7 @@ def search_cmd(
     offline,
     output_format,
     view,
+    rerank,
 ):
     """Find photos (or captions, or image+text items) matching TEXT and/or an --image."""
     from ..pipeline import Retriever
@@ -63,17 +71,23 @@ def search_cmd(
         from ..models.pull import ensure_clip
 
         clip_model = ensure_clip(clip_model, offline=offline, announce=announce)
-    with Retriever.open(index_path, clip_model=clip_model, variant=variant) as retriever:
-        hits = retriever.search(
-            text=text,
-            image=image,
-            k=k,
-            image_weight=image_weight,
-            threshold=threshold,
-            include=include,
-            exclude=exclude,
-            modality=modality,
-        )
+    scorer = rerank.scorer(offline, announce) if rerank is not None else None
+    try:
+        with Retriever.open(index_path, clip_model=clip_model, variant=variant, scorer=scorer) as retriever:
+            hits = retriever.search(
+                text=text,
+                image=image,
+                k=k or 10,
+                image_weight=image_weight,
+                threshold=threshold,
+                include=include,
+                exclude=exclude,
+                modality=modality,
+                rerank=rerank.options if rerank is not None else None,
+            )
+    finally:
+        if scorer is not None:
+            scorer.close()
     if view.show(hits, output_format, text=text, image=image, image_weight=image_weight):
         return
     rows = [h.to_dict() for h in hits]
@@ -82,7 +96,7 @@ def search_cmd(
     elif output_format == "paths":
         emit_paths([h.path or h.text or "" for h in hits])
     elif rows:
-        emit_table(table_rows(hits), table_columns(hits))
+        emit_table(table_rows(hits), table_columns(hits, explain=rerank is not None and rerank.explain))
     else:
         click.echo("No results.", err=True)
 
@@ -100,8 +114,16 @@ def table_rows(hits) -> list[dict]:
     return [{**h.to_dict(), "item": _describe(h)} for h in hits]
 
 
-def table_columns(hits) -> list[tuple[str, str, str]]:
+def table_columns(hits, explain: bool = False) -> list[tuple[str, str, str]]:
     columns = [("rank", "#", "{}"), ("score", "score", "{:.3f}")]
+    if explain:
+        columns += [
+            ("coarse_rank", "coarse#", "{}"),
+            ("clip_score", "clip", "{:.3f}"),
+            ("p_true", "P(True)", "{:.4f}"),
+            ("entropy", "entropy", "{:.3f}"),
+            ("enhanced", "enh", "{}"),
+        ]
     if len({h.modality for h in hits}) > 1:
         columns.append(("modality", "kind", "{}"))
     return [*columns, ("item", "path" if all(h.modality == "image" for h in hits) else "item", "{}")]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from retllm_lite.errors import BadModelFile, ModelNotFound
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.integrity import verify_file
 
 FORMAT = "retllm-lite/vlm-gguf"
 FORMAT_VERSION = 1
@@ -28,8 +28,12 @@ class VlmFiles:
     manifest: dict[str, Any]
 
 
-def read_manifest(directory: str | Path, *, verify: bool = False) -> VlmFiles:
-    """The files of a converted VLM; ``verify`` re-hashes them against the manifest."""
+def read_manifest(directory: str | Path, *, verify: bool = True) -> VlmFiles:
+    """The files of a converted VLM, checked against the manifest's size and sha256.
+
+    The check hashes a file once and remembers it by (path, size, mtime) (see
+    ``retllm_lite.integrity``), so loading a multi-GB model again costs nothing.
+    """
     d = Path(directory).expanduser()
     path = d / MANIFEST
     if not path.is_file():
@@ -51,10 +55,7 @@ def read_manifest(directory: str | Path, *, verify: bool = False) -> VlmFiles:
             raise ModelNotFound(
                 f"{part} file listed in {path} is missing: {f}", hint="convert the model again"
             )
-        if verify and (f.stat().st_size != entry.get("bytes") or sha256_file(f) != entry.get("sha256")):
-            raise BadModelFile(
-                f"{f} does not match its checksum in {path}",
-                hint="the file is damaged: convert or download it again",
-            )
+        if verify:
+            verify_file(f, str(entry.get("sha256")), entry.get("bytes"))
         files[part] = f
     return VlmFiles(directory=d, model=files["text"], mmproj=files["mmproj"], manifest=data)

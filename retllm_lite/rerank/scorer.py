@@ -238,7 +238,7 @@ class Scorer:
         cls,
         directory: str | Path,
         *,
-        verify: bool = False,
+        verify: bool = True,
         enhance: Enhance | str = "off",
         rule: Rule = "paper",
         **backend_kwargs: Any,

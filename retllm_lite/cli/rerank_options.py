@@ -1,0 +1,155 @@
+"""The fine-stage options of ``retllm search`` (``--rerank`` and friends).
+
+``rerank_options`` adds them to a command and hands it one ``rerank`` argument: None
+without ``--rerank``, else a ``RerankRequest`` that loads the VLM when asked.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ..pipeline import DEFAULT_RERANK_K, RerankOptions
+
+GATE_DEFAULT = 0.75
+
+
+@dataclass
+class RerankRequest:
+    options: RerankOptions
+    vlm_model: str | None
+    mmproj: str | None
+    prompt: str | None
+    explain: bool
+
+    def scorer(self, offline: bool, announce: Callable[[str], None]):
+        """Resolve (pulling if needed and allowed) the VLM and build the Scorer."""
+        from ..models.pull import ensure_vlm
+        from ..rerank.scorer import Scorer
+
+        model, mmproj = ensure_vlm(self.vlm_model, self.mmproj, offline=offline, announce=announce)
+        kwargs = {}
+        if self.prompt is not None:
+            from ..rerank.prompts import PromptTemplate
+
+            kwargs["templates"] = PromptTemplate(self.prompt)
+        return Scorer.from_gguf(model, mmproj, rule=self.options.rule, embedding_cache=True, **kwargs)
+
+
+def _prompt_text(value: str | None) -> str | None:
+    """``--prompt TEXT`` or ``--prompt @FILE``."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: cannot read the prompt file ({exc.strerror})") from None
+
+
+def rerank_options(fn: Callable) -> Callable:
+    """Add the fine-stage options; pass them on as ``rerank`` (None without --rerank)."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args,
+        rerank: bool,
+        vlm_model,
+        mmproj,
+        enhance,
+        gate,
+        rule,
+        fusion,
+        listwise,
+        prompt,
+        explain,
+        **kwargs,
+    ):
+        request = None
+        if rerank or listwise:
+            mode = enhance if enhance != "gated" else f"gated:{gate}"
+            request = RerankRequest(
+                options=RerankOptions(
+                    k=kwargs.get("k") or DEFAULT_RERANK_K,
+                    enhance=mode,
+                    rule=rule,
+                    fusion=fusion,
+                    listwise=listwise,
+                ),
+                vlm_model=vlm_model,
+                mmproj=mmproj,
+                prompt=_prompt_text(prompt),
+                explain=explain,
+            )
+        elif explain:
+            raise click.UsageError("--explain shows the fine stage's numbers: add --rerank")
+        return fn(*args, rerank=request, **kwargs)
+
+    options = [
+        click.option(
+            "--rerank",
+            is_flag=True,
+            help=f"Rescore the coarse top-k with a VLM (RetLLM fine stage; k defaults to "
+            f"{DEFAULT_RERANK_K}).",
+        ),
+        click.option(
+            "--vlm-model",
+            metavar="NAME_OR_PATH",
+            envvar="RETLLM_VLM_MODEL",
+            help="VLM: a registry name, a folder from 'retllm quantize vlm', or a .gguf (with --mmproj).",
+        ),
+        click.option(
+            "--mmproj",
+            metavar="PATH",
+            envvar="RETLLM_MMPROJ",
+            help="The VLM's projector GGUF (when --vlm-model is a .gguf file).",
+        ),
+        click.option(
+            "--enhance",
+            type=click.Choice(["off", "gated", "always"]),
+            default="gated",
+            show_default=True,
+            help="Visual enhancement: show the image a second time (gated: when unsure).",
+        ),
+        click.option(
+            "--gate",
+            type=click.FloatRange(0, 1),
+            default=GATE_DEFAULT,
+            show_default=True,
+            help="Entropy threshold of --enhance gated (normalised top-10 entropy).",
+        ),
+        click.option(
+            "--rule",
+            type=click.Choice(["paper", "raw", "normalized"]),
+            default="paper",
+            show_default=True,
+            help="Ranking: paper = P(True) to 2 decimals, ties to lower entropy.",
+        ),
+        click.option(
+            "--fusion",
+            type=click.FloatRange(0, 1),
+            metavar="ALPHA",
+            help="Mix in the CLIP score: ALPHA*clip_norm + (1-ALPHA)*P(True).",
+        ),
+        click.option(
+            "--listwise",
+            is_flag=True,
+            help="Image -> captions: the VLM picks among the k captions by number.",
+        ),
+        click.option(
+            "--prompt",
+            metavar="TEMPLATE|@FILE",
+            help="Override the prompt ({query_text}, {candidate_text}, {query_image}, "
+            "{candidate_image}); see docs/rerank.md.",
+        ),
+        click.option(
+            "--explain",
+            is_flag=True,
+            help="Show per result: coarse rank, CLIP score, P(True), entropy, enhancement.",
+        ),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), wrapper)

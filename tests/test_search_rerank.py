@@ -1,0 +1,222 @@
+"""``retllm search --rerank``: the two-stage pipeline end to end (tiny CLIP + tiny Gemma3 VLM)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from retllm_lite.cli import cli
+from retllm_lite.index.store import Index
+from retllm_lite.pipeline import RerankOptions, Retriever
+from retllm_lite.rerank.scorer import Item, Scorer, rank_order
+
+CAPTIONS = [
+    "a red circle on a blue background",
+    "two green squares next to each other",
+    "a yellow triangle in the corner",
+    "an orange ellipse over grey stripes",
+    "a purple rectangle and a white dot",
+    "three small black circles in a row",
+]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_clip_dir):
+    from clip_fixtures import make_photo_folder
+
+    root = tmp_path_factory.mktemp("rerank-corpus")
+    make_photo_folder(root / "photos", 8, start_seed=40)
+    (root / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
+    index_dir = root / "idx"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "index",
+            str(root / "photos"),
+            "--texts",
+            str(root / "captions.txt"),
+            "--index",
+            str(index_dir),
+            "--clip-model",
+            str(tiny_clip_dir),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    return root, index_dir
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tiny_vlm_f16):
+    return tiny_vlm_f16.directory
+
+
+def search_json(index_dir, *args):
+    res = run("search", *args, "--index", index_dir, "--json")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_rerank_reorders_the_coarse_top_k_by_the_paper_rule(corpus, vlm_dir):
+    _root, index_dir = corpus
+    coarse = search_json(index_dir, "a red circle", "-k", "5", "--modality", "image")
+    reranked = search_json(
+        index_dir,
+        "a red circle",
+        "--rerank",
+        "--vlm-model",
+        vlm_dir,
+        "--modality",
+        "image",
+        "--enhance",
+        "off",
+    )
+    assert len(reranked) == 5  # the paper's default k
+    assert {r["path"] for r in reranked} == {c["path"] for c in coarse}
+    for r in reranked:
+        assert {"clip_score", "p_true", "p_false", "entropy", "enhanced", "coarse_rank"} <= set(r)
+        assert r["enhanced"] is False and 0 <= r["p_true"] <= 1 and 0 <= r["entropy"] <= 1
+        coarse_row = next(c for c in coarse if c["path"] == r["path"])
+        assert (
+            r["clip_score"] == pytest.approx(coarse_row["score"]) and r["coarse_rank"] == coarse_row["rank"]
+        )
+    keys = [(-round(r["p_true"], 2), r["entropy"]) for r in reranked]
+    assert keys == sorted(keys) and [r["rank"] for r in reranked] == [1, 2, 3, 4, 5]
+    assert all(r["score"] == pytest.approx(round(r["p_true"], 2)) for r in reranked)
+
+
+def test_pipeline_scores_equal_the_scorer_on_the_same_pairs(corpus, vlm_dir, tiny_clip_dir):
+    _root, index_dir = corpus
+    with (
+        Scorer.from_manifest(vlm_dir, n_threads=1) as scorer,
+        Retriever(Index.open(index_dir), scorer=scorer) as r,
+    ):
+        hits = r.search(text="two green squares", modality="image", rerank=RerankOptions(k=4, enhance="off"))
+        direct = scorer.predict([("two green squares", Item(image=h.path)) for h in hits], enhance="off")
+    for h, s in zip(hits, direct, strict=True):
+        assert h.p_true == pytest.approx(s.p_true, rel=1e-6) and h.entropy == pytest.approx(
+            s.entropy, rel=1e-6
+        )
+    order = rank_order(direct, rule="paper")
+    assert [i for i, _ in order] == list(range(len(hits)))  # already in rule order
+
+
+def test_image_to_text_pointwise_and_listwise(corpus, vlm_dir):
+    root, index_dir = corpus
+    photo = sorted((root / "photos").rglob("*.jpg"))[0]
+    pointwise = search_json(
+        index_dir,
+        "--image",
+        photo,
+        "--modality",
+        "text",
+        "--rerank",
+        "--vlm-model",
+        vlm_dir,
+        "-k",
+        "4",
+        "--enhance",
+        "always",
+    )
+    assert len(pointwise) == 4 and all(r["modality"] == "text" and r["enhanced"] is True for r in pointwise)
+    listwise = search_json(
+        index_dir, "--image", photo, "--modality", "text", "--listwise", "--vlm-model", vlm_dir, "-k", "4"
+    )
+    assert {r["text"] for r in listwise} == {r["text"] for r in pointwise}
+    probs = [r["score"] for r in listwise]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-6)
+    # the listwise pick is the digit-logit argmax the backend reports
+    with Scorer.from_manifest(vlm_dir, n_threads=1) as scorer:
+        by_coarse = sorted(listwise, key=lambda r: r["coarse_rank"])
+        pick = scorer.backend.pick_caption(photo, [r["text"] for r in by_coarse])
+    assert by_coarse[pick.index]["text"] == listwise[0]["text"]
+    bad = run("search", "words", "--listwise", "--vlm-model", vlm_dir, "--index", index_dir)
+    assert bad.exit_code == 1 and "listwise reranking is for an image query" in bad.stderr
+
+
+def test_explain_table_and_gated_enhancement(corpus, vlm_dir):
+    _root, index_dir = corpus
+    res = run(
+        "search",
+        "a yellow triangle",
+        "--rerank",
+        "--explain",
+        "--vlm-model",
+        vlm_dir,
+        "--index",
+        index_dir,
+        "--modality",
+        "image",
+        "-k",
+        "3",
+        "--enhance",
+        "gated",
+        "--gate",
+        "0.0",
+    )
+    assert res.exit_code == 0, res.output
+    header = res.stdout.splitlines()[0].split()
+    assert header[:7] == ["#", "score", "coarse#", "clip", "P(True)", "entropy", "enh"]
+    rows = res.stdout.splitlines()[1:]
+    assert len(rows) == 3 and all(line.split()[6] == "True" for line in rows)  # gate 0: every pair fires
+    none_fire = search_json(
+        index_dir,
+        "a yellow triangle",
+        "--rerank",
+        "--vlm-model",
+        vlm_dir,
+        "--modality",
+        "image",
+        "-k",
+        "3",
+        "--enhance",
+        "gated",
+        "--gate",
+        "1.0",
+    )
+    assert all(r["enhanced"] is False for r in none_fire)
+    assert run("search", "x", "--explain", "--index", index_dir).exit_code == 2
+
+
+def test_bad_vlm_arguments_are_one_line(corpus, vlm_dir, tmp_path):
+    _root, index_dir = corpus
+    text_gguf = next(p for p in vlm_dir.iterdir() if p.suffix == ".gguf" and not p.name.startswith("mmproj"))
+    cases = [
+        (["--vlm-model", tmp_path / "nowhere"], "nowhere"),
+        (["--vlm-model", text_gguf], "needs its projector"),
+        (["--vlm-model", text_gguf, "--mmproj", text_gguf], "projector"),
+        (["--offline"], "retllm models pull"),
+    ]
+    for extra, expected in cases:
+        res = run("search", "a dog", "--rerank", *extra, "--index", index_dir)
+        assert res.exit_code == 1, (extra, res.output)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (extra, lines)
+
+
+def test_quantize_vlm_random_init_cli(vlm_converter, tmp_path):
+    out = tmp_path / "vlm"
+    res = run(
+        "quantize",
+        "vlm",
+        "--random-init",
+        "--type",
+        "q8_0",
+        "--out",
+        out,
+        "--llama-cpp",
+        vlm_converter.root,
+        "--json",
+    )
+    assert res.exit_code == 0, res.output
+    manifest = json.loads(res.stdout)
+    assert manifest["text"]["type"] == "q8_0" and manifest["mmproj"]["type"] == "f16"
+    assert 0 <= manifest["smoke"]["p_true"] <= 1
+    assert (out / manifest["text"]["file"]).is_file() and (out / "manifest.json").is_file()
+    again = run("quantize", "vlm", "--random-init", "--out", out, "--llama-cpp", vlm_converter.root)
+    assert again.exit_code == 1 and "already exists" in again.stderr
