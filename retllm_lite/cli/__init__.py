@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401  (register commands)
     doctor_cmd,
+    eval_cmd,
     index_cmd,
     info_cmd,
     models_cmd,
