@@ -10,6 +10,7 @@ from retllm_lite.eval.metrics import (
     NOT_FOUND,
     first_hits,
     listwise_order,
+    nearest,
     recall_at,
     rerank_prefix,
     top_orders,
@@ -126,3 +127,14 @@ def test_settings_plan_the_configurations():
                 {"rule": "best"}, {"tie_breaks": ()}):  # fmt: skip
         with pytest.raises(BadInput):
             Settings(**bad)
+
+
+def test_nearest_ranks_chunk_by_chunk_as_the_full_matrix_does():
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(7, 4)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
+    g[3] = g[1]  # a tie: gallery order decides
+    full = top_orders(q @ g.T, 5)
+    assert all(list(row).index(1) < list(row).index(3) for row in full)
+    for chunk in (1, 3, 256):
+        np.testing.assert_array_equal(nearest(q, g, 4, chunk=chunk), full[:, :4])
+    np.testing.assert_array_equal(nearest(q, g, 99), full)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..rerank.scorer import DEFAULT_GATE
 from .app import Bars, announce, cli, clip_option, offline_option, progress_enabled
 from .output import emit_json, output_options
 
@@ -20,6 +21,10 @@ class StageBars(Bars):
         super().__call__(stage, done, total)
         if self.enabled and done >= total and stage in self.bars:
             self.bars.pop(stage).close()
+
+
+def _words(value: str) -> list[str]:
+    return [w.strip() for w in value.split(",") if w.strip()]
 
 
 def _ints(values: tuple[str, ...], name: str) -> tuple[int, ...]:
@@ -65,8 +70,18 @@ def _ints(values: tuple[str, ...], name: str) -> tuple[int, ...]:
 @click.option(
     "--variant", type=click.Choice(["int8", "fp32"]), help="CLIP variant (default: the model's, int8)."
 )
-@click.option("--vlm-model", help="Reranker: a registry name, a 'retllm quantize vlm' folder or a .gguf.")
-@click.option("--mmproj", help="The reranker's projector (a .gguf or a registry name).")
+@click.option(
+    "--vlm-model",
+    metavar="NAME_OR_PATH",
+    envvar="RETLLM_VLM_MODEL",
+    help="VLM: a registry name, a folder from 'retllm quantize vlm', or a .gguf (with --mmproj).",
+)
+@click.option(
+    "--mmproj",
+    metavar="PATH",
+    envvar="RETLLM_MMPROJ",
+    help="The VLM's projector GGUF (when --vlm-model is a .gguf file).",
+)
 @click.option(
     "--k",
     "ks",
@@ -79,6 +94,13 @@ def _ints(values: tuple[str, ...], name: str) -> tuple[int, ...]:
     default="off,gated",
     show_default=True,
     help="Visual enhancement modes to compare: off, gated, gated:THRESHOLD, always (comma-separated).",
+)
+@click.option(
+    "--gate",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_GATE,
+    show_default=True,
+    help="Entropy threshold of a plain 'gated' in --enhance (normalised top-10 entropy).",
 )
 @click.option(
     "--tie-break",
@@ -128,6 +150,7 @@ def eval_cmd(
     mmproj,
     ks,
     enhance,
+    gate,
     tie_break,
     rule,
     listwise,
@@ -147,6 +170,7 @@ def eval_cmd(
     computes only what is new. The default run evaluates the first 100 images.
     """
     from ..encode import load_encoder
+    from ..eval.cache import EvalCache
     from ..eval.datasets import load_dataset
     from ..eval.protocol import Settings
     from ..eval.report import summary_lines, text_table, write_outputs
@@ -155,7 +179,7 @@ def eval_cmd(
 
     settings = Settings(
         ks=_ints(ks, "--k") or (5,),
-        enhance=tuple(e.strip() for e in enhance.split(",") if e.strip()),
+        enhance=tuple(f"gated:{gate}" if e == "gated" else e for e in _words(enhance)),
         tie_breaks={"both": (True, False), "entropy": (True,), "none": (False,)}[tie_break],
         rule=rule,
         listwise=listwise,
@@ -187,14 +211,16 @@ def eval_cmd(
             model_path, mmproj_path, n_ctx=n_ctx, n_threads=threads, embedding_cache=True
         )
     bars = StageBars(show)
+    cache = EvalCache()
     try:
-        report = Evaluator(encoder, backend, progress=bars, log=announce).run(data, settings)
+        report = Evaluator(encoder, backend, cache=cache, progress=bars, log=announce).run(data, settings)
     except KeyboardInterrupt:
         bars.close()
         click.echo("interrupted: finished work is cached, run the same command to resume", err=True)
         sys.exit(130)
     finally:
         bars.close()
+        cache.close()
         if backend is not None:
             backend.close()
     written = write_outputs(report, out) if out is not None else None

@@ -34,6 +34,16 @@ def top_orders(sim: np.ndarray, depth: int, *, chunk: int = 256) -> np.ndarray:
     return out
 
 
+def nearest(queries: np.ndarray, gallery: np.ndarray, depth: int, *, chunk: int = 256) -> np.ndarray:
+    """``top_orders`` of ``queries @ gallery.T`` (cosine for unit vectors), a chunk of rows
+    at a time: the full matrix (25k x 5k for COCO) is never held at once."""
+    n, depth = len(queries), min(depth, len(gallery))
+    out = np.empty((n, depth), dtype=np.int64)
+    for a in range(0, n, chunk):
+        out[a : a + chunk] = top_orders(queries[a : a + chunk] @ gallery.T, depth, chunk=chunk)
+    return out
+
+
 def first_hit(order: Sequence[int] | np.ndarray, relevant: Collection[int]) -> int:
     """0-based position of the first relevant item in ``order``, or NOT_FOUND."""
     for pos, item in enumerate(order):

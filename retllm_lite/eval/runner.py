@@ -32,9 +32,9 @@ from retllm_lite.eval.metrics import (
     first_hit,
     first_hits,
     listwise_order,
+    nearest,
     recall_at,
     rerank_prefix,
-    top_orders,
 )
 from retllm_lite.eval.protocol import (
     FINE_NOTE,
@@ -145,10 +145,9 @@ class Evaluator:
         with _timed(timings, "clip_captions"):
             text_vecs = self._embed_texts(captions)
         with _timed(timings, "coarse"):
-            sim = text_vecs @ image_vecs.T  # captions x images
             orders: dict[Direction, np.ndarray] = {
-                "t2i": top_orders(sim, settings.depth),
-                "i2t": top_orders(sim.T, settings.depth),
+                "t2i": nearest(text_vecs, image_vecs, settings.depth),
+                "i2t": nearest(image_vecs, text_vecs, settings.depth),
             }
         by_image: list[set[int]] = [set() for _ in dataset.samples]
         for c, i in enumerate(owner):
