@@ -122,6 +122,7 @@ def test_settings_plan_the_configurations():
     assert "fine k=3, enhance gated:0.6, no tie-break" in names
     assert names[-2:] == ["listwise k=3", "listwise k=5"]
     assert [c.name for c in Settings(fine=False, ks=()).configs()] == ["coarse (CLIP)"]
+    assert Settings(fine=False, recall_ks=(1,)).depth == 1 and Settings(recall_ks=(1,)).depth == 5
     assert Settings(listwise=True, directions=("t2i",)).configs()[-1].stage == "fine"
     for bad in ({"ks": (1, 5)}, {"enhance": ()}, {"enhance": ("sometimes",)}, {"directions": ("x2y",)},
                 {"rule": "best"}, {"tie_breaks": ()}):  # fmt: skip

@@ -71,7 +71,7 @@ class Settings:
     @property
     def depth(self) -> int:
         """How deep rankings must be known: the largest K and, with a fine stage, k."""
-        return max(*self.recall_ks, *(self.ks if self.fine else ()))
+        return max((*self.recall_ks, *(self.ks if self.fine else ())))
 
     @property
     def listwise_ks(self) -> tuple[int, ...]:
