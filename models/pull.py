@@ -15,12 +15,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import hub
+from ..atomic_dir import replace_dir
 from ..errors import ChecksumMismatch, HubUnreachable, ModelNotFound, require
 from . import registry, store
 from .registry import ModelEntry
@@ -101,7 +101,7 @@ def pull(
         _make_model(entry, stage, record)
         shutil.rmtree(stage / ".cache", ignore_errors=True)  # huggingface_hub's resume metadata
         (stage / store.PULL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _move_into_place(stage, final)
+        replace_dir(stage, final)
     _remember_verified(final, records)
     return _maybe_quantize(entry, _summary(entry, final, "downloaded", record), quantize, say)
 
@@ -176,23 +176,6 @@ def _write_vlm_manifest(entry: ModelEntry, stage: Path, record: dict, source: di
         "license": entry.license,
     }
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _move_into_place(stage: Path, final: Path) -> None:
-    """Rename the finished folder to its name; an older copy (``--force``) is swapped out."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if not final.exists():
-        os.replace(stage, final)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-    os.replace(final, old / "previous")
-    try:
-        os.replace(stage, final)
-    except OSError:
-        os.replace(old / "previous", final)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _remember_verified(final: Path, records: list[dict]) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retllm_lite.atomic_dir import replace_dir
 from retllm_lite.encode.manifest import CLIP_FORMAT, FORMAT_VERSION, MANIFEST_NAME
 from retllm_lite.errors import BadModelFile, RetllmError
 from retllm_lite.fingerprint import sha256_file
@@ -317,13 +318,7 @@ def write_model_dir(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(work, 0o777 & ~umask)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(work, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, out_dir)
+        replace_dir(work, out_dir)
         return manifest
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from retllm_lite.quantize.converter import Converter, get_converter, installed_llama_cpp_python
 
+from retllm_lite.atomic_dir import replace_dir
 from retllm_lite.errors import BadInput, BadModelFile, require
 from retllm_lite.fingerprint import sha256_file
 from retllm_lite.rerank.manifest import FORMAT, FORMAT_VERSION, MANIFEST
@@ -98,7 +99,7 @@ def convert_vlm(
             "smoke": smoke,
         }
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(stage, out)
+        replace_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -154,18 +155,3 @@ def _file_entry(path: Path, kind: str) -> dict[str, Any]:
 def _safe_name(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
     return cleaned or "model"
-
-
-def _move_into_place(stage: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "previous")
-        try:
-            os.replace(stage, out)
-        except OSError:
-            os.replace(old / "previous", out)
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, out)

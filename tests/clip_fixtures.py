@@ -52,14 +52,17 @@ def draw_photo(seed: int, size=(320, 240)) -> Image.Image:
     return img
 
 
-def make_photo_folder(root: Path, n: int, start_seed: int = 0, fmt: str = "jpg") -> list[Path]:
+def make_photo_folder(
+    root: Path, n: int, start_seed: int = 0, fmt: str = "jpg", size=(320, 240)
+) -> list[Path]:
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         sub = root / f"album{i % 3}"
         sub.mkdir(exist_ok=True)
         p = sub / f"img_{start_seed + i:04d}.{fmt}"
-        draw_photo(start_seed + i).save(p, quality=90) if fmt == "jpg" else draw_photo(start_seed + i).save(p)
+        photo = draw_photo(start_seed + i, size)
+        photo.save(p, quality=90) if fmt == "jpg" else photo.save(p)
         paths.append(p)
     return paths
 
