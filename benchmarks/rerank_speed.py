@@ -20,8 +20,10 @@ image sits in the shared prefix) and text -> image (k candidate images: each mus
 encoded). Each figure is the median of ``--repeats`` calls after one warm-up call.
 
 Without --model, a tiny random Gemma3 is built and converted (cached under
-$RETLLM_BENCH_DIR, default ~/.cache/retllm-lite/bench); with it, image encoding is nearly
-free, so the speed-up is bounded by the text part (see docs/rerank.md).
+$RETLLM_BENCH_DIR, default ~/.cache/retllm-lite/bench). Its images are 16 tokens, so the
+speed-up is bounded by the text part (see docs/rerank.md); ``--vision 256-tokens`` builds
+one whose images are 256 tokens, as real Gemma 3's, so a pair costs what it costs on a
+real VLM in proportion (image tokens dominate), still on tiny random weights.
 """
 
 from __future__ import annotations
@@ -57,18 +59,19 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def tiny_model() -> tuple[Path, Path]:
-    from retllm_lite.quantize.tiny_vlm import build_tiny_gemma3
+def tiny_model(shape: str = "tiny") -> tuple[Path, Path]:
+    from retllm_lite.quantize.tiny_vlm import REAL_TOKEN_COUNT, TINY, build_tiny_gemma3
     from retllm_lite.quantize.vlm import convert_vlm
 
     from retllm_lite.rerank.manifest import read_manifest
 
-    out = BENCH_DIR / "tiny-gemma3-f16"
+    suffix = "" if shape == "tiny" else "-256tok"
+    out = BENCH_DIR / f"tiny-gemma3{suffix}-f16"
     if not (out / "manifest.json").is_file():
-        hf = BENCH_DIR / "tiny-gemma3-hf"
+        hf = BENCH_DIR / f"tiny-gemma3{suffix}-hf"
         if not (hf / "config.json").is_file():
-            log(f"building the tiny Gemma3 in {hf}")
-            build_tiny_gemma3(hf)
+            log(f"building the tiny Gemma3 ({shape} vision) in {hf}")
+            build_tiny_gemma3(hf, vision=TINY if shape == "tiny" else REAL_TOKEN_COUNT)
         log(f"converting to {out}")
         convert_vlm(hf, out, text_type="f16", mmproj_type="f16", name="tiny-gemma3", overwrite=True)
     files = read_manifest(out)
@@ -121,6 +124,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--image-size", type=int, nargs=2, default=[640, 480])
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument(
+        "--vision",
+        choices=["tiny", "256-tokens"],
+        default="tiny",
+        help="tiny random model's image side: 16 tokens per image, or 256 like real Gemma 3",
+    )
     args = ap.parse_args()
 
     from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
@@ -129,7 +138,7 @@ def main() -> None:
     if args.model:
         model, mmproj = args.model, args.mmproj
     else:
-        model, mmproj = tiny_model()
+        model, mmproj = tiny_model(args.vision)
     kmax = max(args.k)
     pics = images(kmax + 1, tuple(args.image_size))
     captions = [CAPTIONS[i % len(CAPTIONS)] + ("" if i < len(CAPTIONS) else f" ({i})") for i in range(kmax)]
@@ -172,6 +181,7 @@ def main() -> None:
 
     print(json.dumps({
         "model": str(model), "mmproj": str(mmproj), "tiny_random_model": args.model is None,
+        "vision": None if args.model else args.vision,
         "threads": args.threads or os.cpu_count(), "batch_size": args.batch_size,
         "image_size": args.image_size, "repeats": args.repeats,
         "llama_cpp_python": llama_cpp.__version__, "machine": platform.machine(),

@@ -20,15 +20,30 @@ import json
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from retllm_lite.errors import BadInput, require
 
 VOCAB_SIZE = 512
-IMAGE_SIZE = 64
-PATCH_SIZE = 8
-TOKENS_PER_IMAGE = 16
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """Size of the tiny VLM's vision side (pixels, patches, image tokens, encoder depth)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    tokens_per_image: int = 16
+    layers: int = 2
+    hidden: int = 128
+
+
+TINY = VisionShape()
+# Real Gemma 3 hands the text model 256 tokens per image: with this shape the fine stage's
+# cost per pair has a real VLM's proportions (image tokens dominate), on tiny weights.
+REAL_TOKEN_COUNT = VisionShape(image_size=256, patch_size=16, tokens_per_image=256, layers=4, hidden=256)
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 SPECIAL_PIECES = [
@@ -131,7 +146,7 @@ def _train_tokenizer(work: Path, seed: int) -> Path:
     return model_path
 
 
-def _config(piece_id: dict[str, int]) -> dict[str, Any]:
+def _config(piece_id: dict[str, int], vision: VisionShape) -> dict[str, Any]:
     return {
         "architectures": ["Gemma3ForConditionalGeneration"],
         "model_type": "gemma3",
@@ -141,7 +156,7 @@ def _config(piece_id: dict[str, int]) -> dict[str, Any]:
         "boi_token_index": piece_id["<start_of_image>"],
         "eoi_token_index": piece_id["<end_of_image>"],
         "image_token_index": piece_id["<image_soft_token>"],
-        "mm_tokens_per_image": TOKENS_PER_IMAGE,
+        "mm_tokens_per_image": vision.tokens_per_image,
         "text_config": {
             "model_type": "gemma3_text",
             "vocab_size": VOCAB_SIZE,
@@ -162,12 +177,12 @@ def _config(piece_id: dict[str, int]) -> dict[str, Any]:
         },
         "vision_config": {
             "model_type": "siglip_vision_model",
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
+            "hidden_size": vision.hidden,
+            "intermediate_size": 2 * vision.hidden,
+            "num_hidden_layers": vision.layers,
             "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
+            "image_size": vision.image_size,
+            "patch_size": vision.patch_size,
             "layer_norm_eps": 1e-6,
             "vision_use_head": False,
         },
@@ -187,11 +202,14 @@ def _reinit(model: Any, seed: int, piece_id: dict[str, int], answer_boost: float
             emb[piece_id[word]] += answer_boost * direction
 
 
-def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, answer_boost: float = 2.0) -> Path:
+def build_tiny_gemma3(
+    out_dir: str | Path, seed: int = 0, answer_boost: float = 2.0, vision: VisionShape = TINY
+) -> Path:
     """Write a tiny random Gemma3 checkout to ``out_dir`` (created; must not exist or be empty).
 
     Deterministic for a given seed (tokenizer and weights). Returns ``out_dir``. Needs the
-    ``export`` extra (torch, transformers 4.57, sentencepiece).
+    ``export`` extra (torch, transformers 4.57, sentencepiece). ``vision`` sets the image
+    side (``REAL_TOKEN_COUNT``: 256 tokens per image, as real Gemma 3, for benchmarks).
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -209,7 +227,7 @@ def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, answer_boost: float = 
 
         stage = work / "checkout"
         stage.mkdir()
-        config = transformers.Gemma3Config(**_config(piece_id))
+        config = transformers.Gemma3Config(**_config(piece_id, vision))
         torch.manual_seed(seed)
         model = transformers.Gemma3ForConditionalGeneration(config).eval()
         _reinit(model, seed, piece_id, answer_boost)
@@ -217,7 +235,7 @@ def build_tiny_gemma3(out_dir: str | Path, seed: int = 0, answer_boost: float = 
 
         shutil.copy(tok_model, stage / "tokenizer.model")
         _write_tokenizer_files(stage)
-        _write_preprocessor(stage)
+        _write_preprocessor(stage, vision)
         # Top-level ids: without them the GGUF silently lacks bos/eos/pad.
         cfg_path = stage / "config.json"
         cfg = json.loads(cfg_path.read_text())
@@ -267,12 +285,12 @@ def _write_tokenizer_files(stage: Path) -> None:
     (stage / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 
 
-def _write_preprocessor(stage: Path) -> None:
+def _write_preprocessor(stage: Path, vision: VisionShape) -> None:
     pre = {
         "image_processor_type": "Gemma3ImageProcessor",
         "processor_class": "Gemma3Processor",
         "do_resize": True,
-        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "size": {"height": vision.image_size, "width": vision.image_size},
         "resample": 2,
         "do_rescale": True,
         "rescale_factor": 1 / 255,
@@ -281,8 +299,8 @@ def _write_preprocessor(stage: Path) -> None:
         "image_std": [0.5, 0.5, 0.5],
         "do_convert_rgb": True,
         "do_pan_and_scan": False,
-        "image_seq_length": TOKENS_PER_IMAGE,
+        "image_seq_length": vision.tokens_per_image,
     }
     (stage / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
-    proc = {"processor_class": "Gemma3Processor", "image_seq_length": TOKENS_PER_IMAGE}
+    proc = {"processor_class": "Gemma3Processor", "image_seq_length": vision.tokens_per_image}
     (stage / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
