@@ -89,6 +89,7 @@ def test_missing_model_and_index_are_one_line_errors(photos, tmp_path):
     assert res.exit_code == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "retllm quantize clip" in lines[0] and "--clip-model" in lines[0]
+    assert not (tmp_path / "idx").exists()  # no empty index left behind
     res = CliRunner().invoke(cli, ["search", "dog", "--index", str(tmp_path / "nothing")])
     assert res.exit_code == 1 and "no index at" in res.stderr and "retllm index" in res.stderr
     res = CliRunner().invoke(cli, ["search", "--index", str(tmp_path)])

@@ -95,18 +95,19 @@ def index_cmd(
     for path in (*folders, *texts, *items):
         if not path.exists():
             raise click.BadParameter(f"{path}: no such file or folder", param_hint="FOLDERS")
-    with Index.open(index_path, writable=True, wait=wait) as idx:
-        built = idx.encoder_info()
-        if clip_model is None and built is not None:
-            encoder = load_encoder(built.location, variant=variant or built.variant)
-        else:
-            from ..models.pull import ensure_clip
+    # The model first: if it cannot be had, no index folder is left behind.
+    built = _built_with(index_path)
+    if clip_model is None and built is not None:
+        encoder = load_encoder(built.location, variant=variant or built.variant)
+    else:
+        from ..models.pull import ensure_clip
 
-            # First run: a registry model not on disk is downloaded (announced on stderr).
-            clip_model = ensure_clip(
-                clip_model, offline=offline, announce=announce, progress=progress_enabled(progress)
-            )
-            encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
+        # First run: a registry model not on disk is downloaded (announced on stderr).
+        clip_model = ensure_clip(
+            clip_model, offline=offline, announce=announce, progress=progress_enabled(progress)
+        )
+        encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
+    with Index.open(index_path, writable=True, wait=wait) as idx:
         bars = Bars(progress_enabled(progress))
         indexer = Indexer(
             idx,
@@ -139,6 +140,18 @@ def index_cmd(
             err=True,
         )
         sys.exit(130)
+
+
+def _built_with(index_path):
+    """The encoder an existing index was built with (None: no index there yet)."""
+    from ..errors import IndexNotFound
+    from ..index.store import Index
+
+    try:
+        with Index.open(index_path) as idx:
+            return idx.encoder_info()
+    except IndexNotFound:
+        return None
 
 
 def _print_report(report, directory: Path) -> None:
