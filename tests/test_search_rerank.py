@@ -220,3 +220,26 @@ def test_quantize_vlm_random_init_cli(vlm_converter, tmp_path):
     assert (out / manifest["text"]["file"]).is_file() and (out / "manifest.json").is_file()
     again = run("quantize", "vlm", "--random-init", "--out", out, "--llama-cpp", vlm_converter.root)
     assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_rerank_search_never_imports_torch(corpus, vlm_dir):
+    import subprocess
+    import sys
+
+    _root, index_dir = corpus
+    code = f"""
+import sys
+from retllm_lite.cli import cli
+try:
+    cli(["search", "a red circle", "--rerank", "--vlm-model", {str(vlm_dir)!r}, "--index", {str(index_dir)!r},
+         "--json", "-k", "2"])
+except SystemExit as e:
+    assert not e.code, e.code
+heavy = ("torch", "torchvision", "open_clip", "transformers")
+bad = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+print("HEAVY:", bad, file=sys.stderr)
+sys.exit(3 if bad else 0)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 2
