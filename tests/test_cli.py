@@ -135,3 +135,13 @@ def test_quantize_clip_command(tmp_path):
     assert list(manifest["variants"]) == ["fp32"] and (out / "manifest.json").is_file()
     res = CliRunner().invoke(cli, ["quantize", "clip", "ViT-B-32", "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "exactly one of --pretrained" in res.stderr
+
+
+def test_table_never_prints_control_characters_from_names(photos, tiny_clip_dir, tmp_path):
+    evil = photos / "evil\x1b[2J\nname.jpg"
+    (photos / "album0" / "img_0000.jpg").rename(evil)
+    index_dir = tmp_path / "idx"
+    assert invoke("index", photos, "--index", index_dir, "--clip-model", tiny_clip_dir).exit_code == 0
+    res = invoke("search", "--image", evil, "--index", index_dir, "-k", "1")
+    assert "\x1b" not in res.stdout and "\\x1b[2J\\x0aname.jpg" in res.stdout
+    assert len(res.stdout.splitlines()) == 2

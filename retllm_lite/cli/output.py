@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import click
 
+from ..display import printable
+
 
 def output_options(paths: bool = False):
     """Decorator adding --json/--nl (and --paths) to a command as ``output_format``."""
@@ -65,12 +67,6 @@ def emit_paths(paths: Sequence[str]) -> None:
     out.flush()
 
 
-def display(value: str | None) -> str:
-    if value is None:
-        return ""
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\n", " ")
-
-
 def emit_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:
     """columns: (key, header, format) where format is a str.format spec like '{:.3f}'."""
     if not rows:
@@ -85,7 +81,7 @@ def emit_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) ->
 
     def fmt_row(values: Sequence[str]) -> str:
         head = "  ".join(v.rjust(widths[i]) for i, v in enumerate(values[:-1]))
-        tail = display(values[-1])
+        tail = printable(values[-1])  # a name with ESC or newlines must not drive the terminal
         if len(tail) > last:
             tail = "…" + tail[-(last - 1) :]
         return f"{head}  {tail}" if head else tail
