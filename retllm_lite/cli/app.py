@@ -52,6 +52,27 @@ def announce(message: str) -> None:
     click.echo(message, err=True)
 
 
+vlm_model_option = click.option(
+    "--vlm-model",
+    metavar="NAME_OR_PATH",
+    envvar="RETLLM_VLM_MODEL",
+    help="VLM: a registry name, a folder from 'retllm quantize vlm', or a .gguf (with --mmproj).",
+)
+mmproj_option = click.option(
+    "--mmproj",
+    metavar="PATH",
+    envvar="RETLLM_MMPROJ",
+    help="The VLM's projector GGUF (when --vlm-model is a .gguf file).",
+)
+rule_option = click.option(
+    "--rule",
+    type=click.Choice(["paper", "raw", "normalized"]),
+    default="paper",
+    show_default=True,
+    help="Fine ranking: P(True) to 2 decimals, ties to lower entropy (paper), unrounded P(True) (raw), "
+    "or P(True)/(P(True)+P(False)) (normalized).",
+)
+
 variant_option = click.option(
     "--variant",
     type=click.Choice(["int8", "fp32"]),

@@ -8,7 +8,17 @@ from pathlib import Path
 import click
 
 from ..rerank.scorer import DEFAULT_GATE
-from .app import Bars, announce, cli, clip_option, offline_option, progress_enabled
+from .app import (
+    Bars,
+    announce,
+    cli,
+    clip_option,
+    mmproj_option,
+    offline_option,
+    progress_enabled,
+    rule_option,
+    vlm_model_option,
+)
 from .output import emit_json, output_options
 
 DEFAULT_LIMIT = 100
@@ -70,18 +80,8 @@ def _ints(values: tuple[str, ...], name: str) -> tuple[int, ...]:
 @click.option(
     "--variant", type=click.Choice(["int8", "fp32"]), help="CLIP variant (default: the model's, int8)."
 )
-@click.option(
-    "--vlm-model",
-    metavar="NAME_OR_PATH",
-    envvar="RETLLM_VLM_MODEL",
-    help="VLM: a registry name, a folder from 'retllm quantize vlm', or a .gguf (with --mmproj).",
-)
-@click.option(
-    "--mmproj",
-    metavar="PATH",
-    envvar="RETLLM_MMPROJ",
-    help="The VLM's projector GGUF (when --vlm-model is a .gguf file).",
-)
+@vlm_model_option
+@mmproj_option
 @click.option(
     "--k",
     "ks",
@@ -109,13 +109,7 @@ def _ints(values: tuple[str, ...], name: str) -> tuple[int, ...]:
     show_default=True,
     help="Rank ties by entropy (the paper), leave them in CLIP order (none), or report both.",
 )
-@click.option(
-    "--rule",
-    type=click.Choice(["paper", "raw", "normalized"]),
-    default="paper",
-    show_default=True,
-    help="Fine ranking value: P(True) to 2 decimals (paper), unrounded, or P(True)/(P(True)+P(False)).",
-)
+@rule_option
 @click.option("--listwise", is_flag=True, help="Also image→text listwise: the VLM picks 1 of k captions.")
 @click.option("--no-fine", is_flag=True, help="Coarse stage (CLIP) only: no reranker needed.")
 @click.option(

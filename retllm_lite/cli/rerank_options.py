@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ..pipeline import DEFAULT_RERANK_K, RerankOptions
+from .app import mmproj_option, rule_option, vlm_model_option
 
 GATE_DEFAULT = 0.75
 
@@ -96,18 +97,8 @@ def rerank_options(fn: Callable) -> Callable:
             help=f"Rescore the coarse top-k with a VLM (RetLLM fine stage; k defaults to "
             f"{DEFAULT_RERANK_K}).",
         ),
-        click.option(
-            "--vlm-model",
-            metavar="NAME_OR_PATH",
-            envvar="RETLLM_VLM_MODEL",
-            help="VLM: a registry name, a folder from 'retllm quantize vlm', or a .gguf (with --mmproj).",
-        ),
-        click.option(
-            "--mmproj",
-            metavar="PATH",
-            envvar="RETLLM_MMPROJ",
-            help="The VLM's projector GGUF (when --vlm-model is a .gguf file).",
-        ),
+        vlm_model_option,
+        mmproj_option,
         click.option(
             "--enhance",
             type=click.Choice(["off", "gated", "always"]),
@@ -122,13 +113,7 @@ def rerank_options(fn: Callable) -> Callable:
             show_default=True,
             help="Entropy threshold of --enhance gated (normalised top-10 entropy).",
         ),
-        click.option(
-            "--rule",
-            type=click.Choice(["paper", "raw", "normalized"]),
-            default="paper",
-            show_default=True,
-            help="Ranking: paper = P(True) to 2 decimals, ties to lower entropy.",
-        ),
+        rule_option,
         click.option(
             "--fusion",
             type=click.FloatRange(0, 1),
