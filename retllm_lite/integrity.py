@@ -62,19 +62,14 @@ def verify_file(path: str | Path, sha256: str, size: int | None = None, force: b
             f"{path}: size {st.st_size} bytes, manifest says {size} (truncated or replaced)",
             hint="re-export or re-download the model",
         )
-    key = str(path.resolve())
-    stamp = [st.st_size, st.st_mtime_ns, sha256]
-    stamps = _load_stamps()
-    if not force and stamps.get(key) == stamp:
-        return
-    actual = sha256_file(path)
+    actual = sha256_file(path) if force else file_sha256(path)
     if actual != sha256:
         raise BadModelFile(
             f"{path}: sha256 {actual[:12]}… does not match the manifest's {sha256[:12]}…",
             hint="the file is corrupt or was replaced; re-export or re-download the model",
         )
-    stamps[key] = stamp
-    _save_stamps(stamps)
+    if force:
+        record_verified(path, actual)
 
 
 def file_sha256(path: str | Path) -> str:

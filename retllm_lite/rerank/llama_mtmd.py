@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from retllm_lite.errors import BadInput, BadModelFile
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.integrity import file_sha256
 from retllm_lite.rerank.embedding_cache import EmbeddingCache
 from retllm_lite.rerank.images import RGBImage, load_rgb
 from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
@@ -247,7 +247,8 @@ class LlamaMtmdScorer:
             return None
         if isinstance(spec, EmbeddingCache):
             return spec
-        namespace = sha256_file(self.rt.mmproj_path)  # type: ignore[arg-type]
+        # hashed once per file version, not at every start (a real mmproj is hundreds of MB)
+        namespace = file_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
         root = None if spec is True else Path(spec)
         return EmbeddingCache(namespace, root)
 
