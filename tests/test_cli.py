@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from retllm_lite.cli import cli
+from torch_free import run_without_torch
 
 
 def invoke(*args, **kw):
@@ -99,23 +98,11 @@ def test_missing_model_and_index_are_one_line_errors(photos, tmp_path):
 def test_search_never_imports_torch(indexed):
     photos, index_dir = indexed
     image = sorted(photos.rglob("*.jpg"))[0]
-    code = f"""
-import sys
-from retllm_lite.cli import cli
-for args in (["a dog"], ["--image", {str(image)!r}]):
-    try:
-        cli(["search", *args, "--index", {str(index_dir)!r}, "--json", "-k", "1"])
-    except SystemExit as e:
-        assert not e.code, e.code
-heavy = ("torch", "torchvision", "open_clip", "transformers")
-bad = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
-print("HEAVY:", bad, file=sys.stderr)
-sys.exit(3 if bad else 0)
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    text_hits, image_hits = proc.stdout.split("\n]\n")[:2]
-    assert json.loads(text_hits + "]") and json.loads(image_hits + "]")[0]["path"] == str(image)
+    common = ["--index", index_dir, "--json", "-k", "1"]
+    text_hits, image_hits = run_without_torch(
+        ["search", "a dog", *common], ["search", "--image", image, *common]
+    )
+    assert json.loads(text_hits) and json.loads(image_hits)[0]["path"] == str(image)
 
 
 def test_info_json(indexed):

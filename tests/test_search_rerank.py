@@ -11,6 +11,7 @@ from retllm_lite.cli import cli
 from retllm_lite.index.store import Index
 from retllm_lite.pipeline import RerankOptions, Retriever
 from retllm_lite.rerank.scorer import Item, Scorer, rank_order
+from torch_free import run_without_torch
 
 CAPTIONS = [
     "a red circle on a blue background",
@@ -223,23 +224,19 @@ def test_quantize_vlm_random_init_cli(vlm_converter, tmp_path):
 
 
 def test_rerank_search_never_imports_torch(corpus, vlm_dir):
-    import subprocess
-    import sys
-
     _root, index_dir = corpus
-    code = f"""
-import sys
-from retllm_lite.cli import cli
-try:
-    cli(["search", "a red circle", "--rerank", "--vlm-model", {str(vlm_dir)!r}, "--index", {str(index_dir)!r},
-         "--json", "-k", "2"])
-except SystemExit as e:
-    assert not e.code, e.code
-heavy = ("torch", "torchvision", "open_clip", "transformers")
-bad = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
-print("HEAVY:", bad, file=sys.stderr)
-sys.exit(3 if bad else 0)
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert len(json.loads(proc.stdout)) == 2
+    (out,) = run_without_torch(
+        [
+            "search",
+            "a red circle",
+            "--rerank",
+            "--vlm-model",
+            vlm_dir,
+            "--index",
+            index_dir,
+            "--json",
+            "-k",
+            "2",
+        ]
+    )
+    assert len(json.loads(out)) == 2
