@@ -160,10 +160,6 @@ class Index:
             self._search = open_search(self.catalog, self.directory, dim, self.ann_threshold)
         return self._search
 
-    def refresh(self) -> None:
-        """Forget the loaded vectors; the next search sees the catalog's current state."""
-        self._search = None
-
     @property
     def search_kind(self) -> str:
         return self._searcher().kind
