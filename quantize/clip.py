@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from retllm_lite.encode.preprocess import PreprocessConfig
 from retllm_lite.encode.tokenizer import ClipBpeTokenizer
 from retllm_lite.errors import BadInput, ModelNotFound, RetllmError, require
 
-from .towers import Tower, check_written, write_model_dir
+from .towers import INT8_MEAN_COSINE, Tower, check_written, write_model_dir
 
 
 def _load_open_clip():
@@ -134,8 +134,12 @@ def export_open_clip(
     int8: bool = True,
     force: bool = False,
     log: Callable[[str], None] = print,
+    int8_min_mean_cosine: float | Mapping[str, float] = INT8_MEAN_COSINE,
 ) -> dict:
-    """Export an open_clip model to ``out_dir``; returns the manifest written there."""
+    """Export an open_clip model to ``out_dir``; returns the manifest written there.
+
+    ``int8_min_mean_cosine``: the parity bar an int8 tower must meet (``towers.write_model_dir``).
+    """
     open_clip = _load_open_clip()
     import torch
 
@@ -194,6 +198,8 @@ def export_open_clip(
         Tower("text", TextTower().eval(), ["text"], text_inputs),
     ]
     log(f"exporting {name} ({source['kind']}) to {out_dir}")
-    manifest = write_model_dir(out_dir, towers, meta, int8=int8, force=force, log=log)
+    manifest = write_model_dir(
+        out_dir, towers, meta, int8=int8, force=force, log=log, int8_min_mean_cosine=int8_min_mean_cosine
+    )
     check_written(Path(out_dir).expanduser())
     return manifest

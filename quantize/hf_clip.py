@@ -31,7 +31,7 @@ import shutil
 import string
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ from retllm_lite.encode.tokenizers import make_tokenizer
 from retllm_lite.errors import BadModelFile, MissingDependency, ModelNotFound, RetllmError, require
 from retllm_lite.fingerprint import sha256_file
 
-from .towers import Tower, check_written, prepare_out_dir, write_model_dir
+from .towers import INT8_MEAN_COSINE, Tower, check_written, prepare_out_dir, write_model_dir
 
 # Files copied next to the towers: what the tokenizer and a later write_hf_manifest read.
 HF_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -383,6 +383,7 @@ def export_hf_clip(
     force: bool = False,
     log: Callable[[str], None] = print,
     name: str | None = None,
+    int8_min_mean_cosine: float | Mapping[str, float] = INT8_MEAN_COSINE,
 ) -> dict:
     """Export a local HF ``CLIPModel`` / ``SiglipModel`` checkout to ``out_dir``; returns the manifest."""
     hf_dir = Path(hf_dir).expanduser().resolve()
@@ -434,7 +435,14 @@ def export_hf_clip(
         meta["tokenizer"]["check"] = tokenizer_check
         towers = _towers(model, meta["tokenizer"], staged, paths, text_inputs, exporter, pre.size)
         manifest = write_model_dir(
-            out_dir, towers, meta, int8=int8, force=force, log=log, extra_files=extra_files
+            out_dir,
+            towers,
+            meta,
+            int8=int8,
+            force=force,
+            log=log,
+            extra_files=extra_files,
+            int8_min_mean_cosine=int8_min_mean_cosine,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

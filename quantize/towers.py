@@ -20,13 +20,14 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from retllm_lite.atomic_dir import replace_dir
+from retllm_lite.cpu import cpu_info
 from retllm_lite.encode.manifest import CLIP_FORMAT, FORMAT_VERSION, MANIFEST_NAME
 from retllm_lite.errors import BadModelFile, RetllmError
 from retllm_lite.fingerprint import sha256_file
@@ -167,8 +168,15 @@ def _time_session(tower: Tower, session, batch: int = 8, repeats: int = 5) -> fl
     return best / batch
 
 
-def quantize_tower(tower: Tower, fp32_path: Path, out_path: Path, log) -> dict | None:
-    """Try each int8 setting; keep the fastest that meets the parity bar (None if none does)."""
+def quantize_tower(
+    tower: Tower, fp32_path: Path, out_path: Path, log, min_mean_cosine: float = INT8_MEAN_COSINE
+) -> dict:
+    """Try each int8 setting; keep the fastest that meets the parity bar (``chosen`` None if none does).
+
+    Which settings pass depends on the CPU: onnxruntime's int8 kernels (VNNI, AMX or plain
+    AVX2) round differently, so the same model can keep an int8 tower on one machine and
+    fall back to fp32 on another. The caller records the CPU next to the result.
+    """
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -189,7 +197,7 @@ def quantize_tower(tower: Tower, fp32_path: Path, out_path: Path, log) -> dict |
         sess = _ort_session(tmp)
         parity = check_parity(tower, sess)
         sec = _time_session(tower, sess)
-        ok = parity["mean_cosine"] >= INT8_MEAN_COSINE
+        ok = parity["mean_cosine"] >= min_mean_cosine
         tried.append({**cand, **parity, "ms_per_item": round(sec * 1000, 3), "passed": ok})
         log(
             f"  int8 {tower.name} {cand['weight_type']} per_channel={cand['per_channel']} "
@@ -203,10 +211,11 @@ def quantize_tower(tower: Tower, fp32_path: Path, out_path: Path, log) -> dict |
         else:
             tmp.unlink()
     if best is None:
-        return {"chosen": None, "candidates": tried}
+        return {"chosen": None, "kept": "fp32", "candidates": tried}
     os.replace(best[2], out_path)
     return {
         "chosen": {k: best[1][k] for k in ("weight_type", "per_channel", "reduce_range")},
+        "kept": "int8",
         "parity": {k: best[1][k] for k in ("n", "min_cosine", "mean_cosine", "max_abs_diff")},
         "candidates": tried,
     }
@@ -240,15 +249,26 @@ def write_model_dir(
     force: bool = False,
     log: Callable[[str], None] = print,
     extra_files: Sequence[Path] = (),
+    int8_min_mean_cosine: float | Mapping[str, float] = INT8_MEAN_COSINE,
 ) -> dict:
     """Export, verify and write the towers plus manifest.json into ``out_dir`` atomically.
 
     ``extra_files`` (tokenizer and config files) are copied next to the towers.
+    ``int8_min_mean_cosine`` is the parity bar an int8 tower must meet (one value, or one
+    per tower name); a tower that no setting brings over it stays fp32 in the int8 variant.
+    The manifest's ``quantization`` records the bar, the CPU the choice was made on, and per
+    tower what was kept.
     """
+    bars = (
+        {t.name: float(int8_min_mean_cosine.get(t.name, INT8_MEAN_COSINE)) for t in towers}
+        if isinstance(int8_min_mean_cosine, Mapping)
+        else {t.name: float(int8_min_mean_cosine) for t in towers}
+    )
     out_dir = Path(out_dir).expanduser().resolve()
     prepare_out_dir(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    cpu = cpu_info()
     try:
         variants: dict[str, dict] = {"fp32": {}}
         parity: dict[str, dict] = {"fp32": {}}
@@ -277,7 +297,7 @@ def write_model_dir(
             variants["fp32"][tower.name] = _file_entry(fp32, tower.output)
             parity["fp32"][tower.name] = p
             if int8:
-                q = quantize_tower(tower, fp32, work / f"{tower.name}.int8.onnx", log)
+                q = quantize_tower(tower, fp32, work / f"{tower.name}.int8.onnx", log, bars[tower.name])
                 quant[tower.name] = q
                 if q["chosen"] is not None:
                     variants.setdefault("int8", {})[tower.name] = _file_entry(
@@ -289,13 +309,17 @@ def write_model_dir(
             for tower in towers:
                 if tower.name not in variants["int8"]:
                     log(
-                        f"  no int8 setting met mean cosine {INT8_MEAN_COSINE} for the {tower.name} "
-                        "tower: the int8 variant uses its fp32 file"
+                        f"  no int8 setting met mean cosine {bars[tower.name]} for the {tower.name} "
+                        f"tower on this CPU ({cpu['int8_kernels']} int8 kernels): the int8 variant "
+                        "uses its fp32 file"
                     )
                     variants["int8"][tower.name] = dict(variants["fp32"][tower.name])
                     parity["int8"][tower.name] = parity["fp32"][tower.name]
         elif int8:
-            log(f"  no int8 setting met mean cosine {INT8_MEAN_COSINE} for either tower: fp32 only")
+            log(
+                f"  no int8 setting met the parity bar for either tower on this CPU "
+                f"({cpu['int8_kernels']} int8 kernels): fp32 only"
+            )
         manifest = {
             "format": CLIP_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -303,8 +327,18 @@ def write_model_dir(
             "variants": variants,
             "default_variant": "int8" if "int8" in variants else "fp32",
             "parity": parity,
-            "parity_thresholds": {"fp32_min_cosine": FP32_MIN_COSINE, "int8_mean_cosine": INT8_MEAN_COSINE},
-            "quantization": {"method": "onnxruntime.quantization.quantize_dynamic", "towers": quant},
+            "parity_thresholds": {
+                "fp32_min_cosine": FP32_MIN_COSINE,
+                "int8_mean_cosine": bars if len(set(bars.values())) > 1 else next(iter(bars.values())),
+            },
+            "quantization": {
+                "method": "onnxruntime.quantization.quantize_dynamic",
+                # The choice depends on the int8 kernels of the CPU it was made on.
+                "cpu": {k: cpu[k] for k in ("model", "machine", "features", "vnni", "int8_kernels")},
+                "towers": quant,
+            }
+            if int8
+            else {"method": None, "towers": {}},
             "exporter": exporters,
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -7,6 +7,7 @@ of problems, each with the command or step that fixes it.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, hub
+from .cpu import cpu_info
 from .errors import RetllmError
 from .paths import cache_dir, default_index_dir, models_dir
 
@@ -29,8 +31,6 @@ PACKAGES = [
     ("torch", "export"),
     ("open_clip_torch", "export"),
 ]
-X86_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16")
-ARM_FLAGS = ("asimd", "asimddp", "i8mm", "sve", "sve2")
 
 
 def versions() -> dict[str, str | None]:
@@ -43,28 +43,44 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
-    """CPU model, cores and the SIMD features that decide onnxruntime / llama.cpp speed."""
-    info: dict[str, Any] = {"machine": platform.machine(), "cores": os.cpu_count(), "model": None}
-    flags: set[str] = set()
+def clip_int8_info(model_dir: Path, here: dict[str, Any], problems: list[dict], label: str) -> dict | None:
+    """What each tower of a CLIP model's int8 variant runs, and a note when this CPU differs.
+
+    int8 settings are chosen by parity measured on the exporting CPU; a CPU with other int8
+    kernels (VNNI/AMX vs plain AVX2) rounds differently, so that choice is not re-checked here.
+    """
+    from .encode.manifest import MANIFEST_NAME, int8_summary
+
     try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("flags", "features") and not flags:
-            flags = set(value.split())
-        elif key in ("model name", "cpu model") and info["model"] is None:
-            info["model"] = value.strip()
-    wanted = ARM_FLAGS if info["machine"].lower() in ("aarch64", "arm64") else X86_FLAGS
-    info["features"] = {f: f in flags for f in wanted} if flags else {}
-    info["vnni"] = bool(flags & {"avx512_vnni", "avx_vnni"}) if flags else None
+        data = json.loads((model_dir / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or "variants" not in data:
+        return None
+    cpu = (data.get("quantization") or {}).get("cpu") or {}
+    info = {
+        "default_variant": data.get("default_variant"),
+        "towers": int8_summary(data),
+        "chosen_on": cpu or None,
+    }
+    if (
+        cpu
+        and here.get("int8_kernels") not in (None, "unknown")
+        and cpu.get("int8_kernels") != here["int8_kernels"]
+    ):
+        problems.append(
+            {
+                "level": "note",
+                "problem": f"{label}: int8 settings were chosen on a CPU with {cpu.get('int8_kernels')} "
+                f"int8 kernels; this one has {here['int8_kernels']}, which rounds differently",
+                "fix": "re-export the model on this machine to re-check int8 parity here "
+                "(retllm quantize clip ...), or use --variant fp32",
+            }
+        )
     return info
 
 
-def _model_rows(problems: list[dict]) -> list[dict[str, Any]]:
+def _model_rows(problems: list[dict], cpu: dict[str, Any]) -> list[dict[str, Any]]:
     from .models import pull as pull_mod
     from .models import registry, store
 
@@ -101,6 +117,8 @@ def _model_rows(problems: list[dict]) -> list[dict[str, Any]]:
                         "fix": store.shell(store.quantize_command(m.entry)),
                     }
                 )
+        if m.kind == "clip" and m.state == "ready":
+            row["int8"] = clip_int8_info(m.path, cpu, problems, f"model {m.name}")
         rows.append(row)
     for kind in ("clip", "vlm"):
         entry = registry.get(registry.default_name(kind))
@@ -123,7 +141,7 @@ def _model_rows(problems: list[dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def _index_info(index_path, problems: list[dict]) -> dict[str, Any] | None:
+def _index_info(index_path, problems: list[dict], cpu: dict[str, Any]) -> dict[str, Any] | None:
     from .errors import IndexNotFound
     from .index.store import Index
 
@@ -141,6 +159,8 @@ def _index_info(index_path, problems: list[dict]) -> dict[str, Any] | None:
         return None
     enc = stats.get("encoder") or {}
     location = enc.get("location")
+    if location and Path(location).is_dir() and Path(location).parent != models_dir():
+        stats["clip_int8"] = clip_int8_info(Path(location), cpu, problems, f"the index's model {location}")
     if location and not Path(location).is_dir():
         name = Path(location).name
         from .models import registry
@@ -186,8 +206,8 @@ def diagnose(index_path: str | os.PathLike | None = None) -> dict[str, Any]:
                 "variant and a small VLM (smolvlm-500m)",
             }
         )
-    models = _model_rows(problems)
-    index = _index_info(index_path, problems)
+    models = _model_rows(problems, cpu)
+    index = _index_info(index_path, problems, cpu)
     return {
         "versions": vers,
         "python_executable": sys.executable,

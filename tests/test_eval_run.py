@@ -185,7 +185,7 @@ def test_listwise_picks_are_valid_positions(runs):
         assert res.top1_changed["i2t"] == (n - res.pick_positions[0]) / n
 
 
-def test_report_json_markdown_and_plot(runs, tmp_path):
+def test_report_json_markdown_and_plot(runs, tiny_clip_dir, tmp_path):
     report = runs["r2"]
     paths = write_outputs(report, tmp_path / "out")
     doc = json.loads(paths["json"].read_text())
@@ -193,7 +193,8 @@ def test_report_json_markdown_and_plot(runs, tmp_path):
     assert doc["settings"]["ks"] == [2, 3] and doc["settings"]["gate_thresholds"] == [runs["gate"]]
     assert doc["settings"]["enhance"] == ["off", f"gated:{runs['gate']:g}", "always"]
     clip, vlm = doc["models"]["clip"], doc["models"]["vlm"]
-    assert len(clip["manifest_sha256"]) == 64 and clip["variant"] == "int8"
+    default = json.loads((tiny_clip_dir / "manifest.json").read_text())["default_variant"]  # CPU-dependent
+    assert len(clip["manifest_sha256"]) == 64 and clip["variant"] == default
     assert len(vlm["model_sha256"]) == 64 and len(vlm["mmproj_sha256"]) == 64
     assert "<caption>" in vlm["prompts"]["t2i"] and "<caption>" in vlm["prompts"]["i2t"]
     assert {"clip_images", "clip_captions", "coarse", "vlm_t2i_plain", "total"} <= set(doc["timings"])

@@ -34,13 +34,22 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
+def _print_int8(info: dict | None) -> None:
+    """Per tower, what the CLIP model's int8 variant runs (chosen by parity on the exporting CPU)."""
+    for tower, line in ((info or {}).get("towers") or {}).items():
+        click.echo(f"             {tower}: {line}")
+
+
 def _print(r: dict) -> None:
     v = r["versions"]
     shown = ", ".join(f"{k} {val or '-'}" for k, val in v.items())
     click.echo(f"versions:  {shown}")
     cpu = r["cpu"]
     feats = " ".join(f"{k}{'+' if on else '-'}" for k, on in cpu["features"].items()) or "unknown"
-    click.echo(f"cpu:       {cpu['model'] or cpu['machine']}, {cpu['cores']} cores; {feats}")
+    click.echo(
+        f"cpu:       {cpu['model'] or cpu['machine']}, {cpu['cores']} cores; {feats} "
+        f"(int8 kernels: {cpu['int8_kernels']})"
+    )
     hub = r["hub"]
     click.echo(f"hub:       {hub['endpoint']}{' (offline)' if hub['offline'] else ''}")
     click.echo(f"models:    {r['paths']['models']}")
@@ -51,6 +60,7 @@ def _print(r: dict) -> None:
         click.echo(
             f"           {m['name']:<22} {m['state']:<8} {m['kind'] or '?':<5} {_mb(m['bytes']):>11}  {check}"
         )
+        _print_int8(m.get("int8"))
     idx = r["index"]
     if idx:
         enc = idx.get("encoder") or {}
@@ -59,6 +69,7 @@ def _print(r: dict) -> None:
             f"index:     {idx['path']} ({_mb(idx['bytes_on_disk'])}, {vectors} vectors, "
             f"model {enc.get('name', '-')})"
         )
+        _print_int8(idx.get("clip_int8"))
     else:
         click.echo("index:     none")
     problems = r["problems"]

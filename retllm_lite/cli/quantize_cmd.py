@@ -29,9 +29,20 @@ def quantize_group() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--seed", default=None, type=int, help="Seed for --random-init.  [default: 0]")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also write an int8 variant.")
+@click.option(
+    "--int8-min-cosine",
+    "int8_bar",
+    default=0.999,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Parity bar for an int8 tower (mean cosine to the source model on random inputs); "
+    "a tower below it on this CPU stays fp32.",
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @output_options()
-def quantize_clip_cmd(arch, hf_dir, pretrained, random_init, out_dir, seed, int8, force, output_format):
+def quantize_clip_cmd(
+    arch, hf_dir, pretrained, random_init, out_dir, seed, int8, int8_bar, force, output_format
+):
     """Export a CLIP model to ONNX (fp32 + int8) with a verified manifest.
 
     \b
@@ -52,7 +63,9 @@ def quantize_clip_cmd(arch, hf_dir, pretrained, random_init, out_dir, seed, int8
             )
         from ..quantize.hf_clip import export_hf_clip
 
-        manifest = export_hf_clip(hf_dir, out_dir, int8=int8, force=force, log=log)
+        manifest = export_hf_clip(
+            hf_dir, out_dir, int8=int8, force=force, log=log, int8_min_mean_cosine=int8_bar
+        )
     else:
         if not arch:
             raise BadInput("give an open_clip ARCH (with --pretrained or --random-init) or --hf CHECKOUT")
@@ -67,12 +80,17 @@ def quantize_clip_cmd(arch, hf_dir, pretrained, random_init, out_dir, seed, int8
             int8=int8,
             force=force,
             log=log,
+            int8_min_mean_cosine=int8_bar,
         )
     if output_format in ("json", "nl"):
         emit_json(manifest)
     else:
+        from ..encode.manifest import int8_summary
+
         variants = ", ".join(manifest["variants"])
         click.echo(f"wrote {out_dir} ({variants}); use it with --clip-model {out_dir}")
+        for tower, line in int8_summary(manifest).items():
+            click.echo(f"  {tower} tower: {line}")
 
 
 @quantize_group.command("vlm")

@@ -108,3 +108,35 @@ class ClipManifest:
         if verify:
             verify_file(path, entry["sha256"], entry.get("bytes"))
         return path
+
+
+def int8_summary(data: dict) -> dict[str, str]:
+    """Per tower, what the int8 variant runs and where that was decided, in one line each.
+
+    The int8 settings are chosen by measured parity on the exporting machine's CPU, whose
+    int8 kernels (VNNI, AMX, plain AVX2) round differently; a tower no setting reproduces
+    there stays fp32. Empty for manifests without an int8 variant or exporter record
+    (ready-made downloads).
+    """
+    quant = data.get("quantization") or {}
+    towers = quant.get("towers") or {}
+    cpu = quant.get("cpu") or {}
+    where = f" on {cpu.get('model') or 'a CPU'} ({cpu['int8_kernels']} int8 kernels)" if cpu else ""
+    bars = (data.get("parity_thresholds") or {}).get("int8_mean_cosine")
+    out: dict[str, str] = {}
+    for tower in TOWERS:
+        q = towers.get(tower)
+        if not q:
+            continue
+        bar = bars.get(tower) if isinstance(bars, dict) else bars
+        if q.get("chosen"):
+            c = q["chosen"]
+            cos = (q.get("parity") or {}).get("mean_cosine")
+            out[tower] = (
+                f"int8 {c['weight_type']} per_channel={c['per_channel']} reduce_range={c['reduce_range']}"
+                + (f", mean cosine {cos:.5f}" if cos is not None else "")
+                + where
+            )
+        else:
+            out[tower] = f"fp32 (no int8 setting met mean cosine {bar}{where})"
+    return out
