@@ -9,9 +9,9 @@ from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
 from retllm_lite.rerank.scorer import Item
 
 
-def _parity(scorer, hf_reference, images, captions, enhanced):
-    """Worst relative error of P(True) and P(False) over image -> caption pairs."""
-    worst = 0.0
+def _parity(scorer, hf_reference, images, captions, enhanced, numerics=("torch",)):
+    """Worst relative error of P(True) and P(False) over image -> caption pairs, per reference."""
+    worst = dict.fromkeys(numerics, 0.0)
     for image in images:
         query = Item(image=image)
         mode = "always" if enhanced else "off"
@@ -21,24 +21,41 @@ def _parity(scorer, hf_reference, images, captions, enhanced):
             segments = scorer.layout(query, caption, enhanced=enhanced)
             n_images = sum(seg.kind == "image" for seg in segments)
             assert n_images == (2 if enhanced else 1)
-            want = hf_reference(segments, [image] * n_images)
-            for ours, theirs in ((score.p_true, want[scorer.true_id]),
-                                 (score.p_false, want[scorer.false_id])):  # fmt: skip
-                worst = max(worst, abs(ours - theirs) / theirs)
+            for name in numerics:
+                want = hf_reference(segments, [image] * n_images, numerics=name)
+                for ours, theirs in ((score.p_true, want[scorer.true_id]),
+                                     (score.p_false, want[scorer.false_id])):  # fmt: skip
+                    worst[name] = max(worst[name], abs(ours - theirs) / theirs)
     return worst
+
+
+# f32 weights, f32 projector, f32 KV cache, flash attention off: llama.cpp still rounds to
+# f16 in three places by design (tests/llama_numerics.py). Worst relative error of
+# P(True)/P(False) on the tiny Gemma3 (3 images x 3 captions, f32 KV), measured on an
+# AVX2-only EPYC / an AVX-512+VNNI EPYC:
+#   against plain transformers                    6.9e-4 / 6.2e-4 once, 1.06e-3 / 9.4e-4 twice
+#   with those f16 roundings emulated             1.8e-4 / 2.6e-4 once, 2.0e-4 / 2.1e-4 twice
+# Per component: docs/rerank.md ("Where the f32 difference comes from"). What is left
+# after emulating all of them is f32 kernel order (SIMD summation, exp/tanh), CPU-dependent.
+EMULATED_BOUND = 6e-4  # 2.3x the largest measured, 2.6e-4
+PLAIN_BOUND = 2.5e-3  # 2.4x the largest measured, 1.06e-3
+EXPLAINED = 0.75  # emulated / plain measured 0.19-0.42: the roundings are most of the gap
 
 
 @pytest.mark.parametrize("enhanced", [False, True], ids=["once", "image-twice"])
 def test_f32_gguf_matches_transformers(f32_batched_scorer, hf_reference, vlm_images, vlm_captions, enhanced):
-    # f32 weights, f32 projector, f32 KV cache: only kernel-level differences remain.
-    worst = _parity(f32_batched_scorer, hf_reference, vlm_images[:3], vlm_captions[:3], enhanced)
-    assert worst < 1e-3
+    worst = _parity(f32_batched_scorer, hf_reference, vlm_images[:3], vlm_captions[:3], enhanced,
+                    numerics=("llama.cpp", "torch"))  # fmt: skip
+    assert worst["llama.cpp"] < EMULATED_BOUND, worst
+    assert worst["torch"] < PLAIN_BOUND, worst
+    # the emulated roundings are where the difference comes from: they explain most of it
+    assert worst["llama.cpp"] < EXPLAINED * worst["torch"], worst
 
 
 @pytest.mark.parametrize("enhanced", [False, True], ids=["once", "image-twice"])
 def test_f16_gguf_matches_transformers(f16_scorer, hf_reference, vlm_images, vlm_captions, enhanced):
     worst = _parity(f16_scorer, hf_reference, vlm_images[3:5], vlm_captions[3:5], enhanced)
-    assert worst < 1e-2
+    assert worst["torch"] < 1e-2
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

@@ -130,15 +130,23 @@ def f32_batched_scorer(tiny_vlm_f32):
 
 @pytest.fixture(scope="session")
 def hf_reference(tiny_vlm_hf):
-    """transformers forward pass on given llama.cpp token ids and images -> next-token probs."""
+    """transformers forward pass on given llama.cpp token ids and images -> next-token probs.
+
+    ``probs(segments, images, numerics="torch")``: plain f32 transformers; with
+    ``numerics="llama.cpp"``, the same model with llama.cpp's f16 roundings emulated
+    (``llama_numerics.emulate_llama_cpp``).
+    """
     import torch
     from transformers import AutoImageProcessor, Gemma3ForConditionalGeneration
 
+    from llama_numerics import emulate_llama_cpp
+
     model = Gemma3ForConditionalGeneration.from_pretrained(tiny_vlm_hf, dtype=torch.float32).eval()
+    models = {"torch": model, "llama.cpp": emulate_llama_cpp(model).eval()}
     processor = AutoImageProcessor.from_pretrained(tiny_vlm_hf, use_fast=False)
     image_token = model.config.image_token_index
 
-    def probs(segments, images):
+    def probs(segments, images, numerics: str = "torch"):
         ids: list[int] = []
         types: list[int] = []
         for seg in segments:
@@ -150,8 +158,8 @@ def hf_reference(tiny_vlm_hf):
                 types += [1] * seg.n_tokens
         pixels = torch.cat([processor(images=im, return_tensors="pt")["pixel_values"] for im in images])
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([ids]), pixel_values=pixels,
-                        token_type_ids=torch.tensor([types]))  # fmt: skip
+            out = models[numerics](input_ids=torch.tensor([ids]), pixel_values=pixels,
+                                   token_type_ids=torch.tensor([types]))  # fmt: skip
         return torch.softmax(out.logits[0, -1].double(), dim=-1).numpy()
 
     return probs
