@@ -11,6 +11,21 @@ import pytest
 pytest_plugins = ["clip_fixtures", "hf_fixtures", "vlm_fixtures"]
 
 
+def pytest_report_header(config) -> list[str]:
+    """The CPU the suite runs on: int8 and llama.cpp numerics differ between AVX2 and VNNI/AMX."""
+    from retllm_lite import cpu
+
+    info = cpu.cpu_info()
+    lines = [f"cpu: {cpu.summary(info)} (int8 kernels: {info['int8_kernels']})"]
+    try:
+        import llama_cpp
+
+        lines.append("llama.cpp: " + llama_cpp.llama_print_system_info().decode().strip())
+    except Exception as exc:  # llama-cpp-python is an optional extra
+        lines.append(f"llama.cpp: not available ({type(exc).__name__})")
+    return lines
+
+
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path, monkeypatch):
     home = tmp_path / "home"
