@@ -38,7 +38,7 @@ def test_eval_cache_round_trips_and_survives_reopening(tmp_path):
         assert cache.vectors("enc:int8", "image", ["i:a"], 5) == {}  # another size: not this model's
         assert cache.vectors("enc:fp32", "image", ["i:a"], 4) == {}
         assert cache.vectors("enc:int8", "text", ["i:a"], 4) == {}
-        cache.put_pair_scores("ns", "t:q", {"i:a": PassScores(0.25, 0.5, 0.875)})
+        cache.put_pair_scores("ns", "t:q", {"i:a": PassScores(0.25, 0.5, 0.875, 2.5)})
         pick = ChoiceProbs(1, (0.25, 0.75), 0.5, 0.125)
         cache.put_pick("lw", "i:a", ["t:x", "t:y"], pick)
     # Many keys at once (more than one IN (...) chunk).
@@ -46,7 +46,7 @@ def test_eval_cache_round_trips_and_survives_reopening(tmp_path):
         np.testing.assert_array_equal(
             cache.vectors("enc:int8", "image", ["i:a"] + [f"i:{n}" for n in range(1200)], 4)["i:a"], v
         )
-        assert cache.pair_scores("ns", "t:q", ["i:a", "i:z"]) == {"i:a": PassScores(0.25, 0.5, 0.875)}
+        assert cache.pair_scores("ns", "t:q", ["i:a", "i:z"]) == {"i:a": PassScores(0.25, 0.5, 0.875, 2.5)}
         assert cache.pair_scores("other", "t:q", ["i:a"]) == {}
         assert cache.pick("lw", "i:a", ["t:x", "t:y"]) == pick
         assert cache.pick("lw", "i:a", ["t:y", "t:x"]) is None  # another candidate order
@@ -56,7 +56,7 @@ def test_a_damaged_or_older_cache_is_replaced(tmp_path):
     path = tmp_path / "cache.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
     with EvalCache(path) as cache:
-        cache.put_pair_scores("ns", "q", {"c": PassScores(0.1, 0.2, 0.3)})
+        cache.put_pair_scores("ns", "q", {"c": PassScores(0.1, 0.2, 0.3, 0.4)})
         assert cache.pair_scores("ns", "q", ["c"])
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version=99")

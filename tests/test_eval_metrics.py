@@ -20,16 +20,16 @@ from retllm_lite.rerank.scorer import Enhance, PairScore, PassScores, rank_order
 
 
 def ps(p_true: float, entropy: float) -> PairScore:
-    return PairScore(p_true, 1.0 - p_true, entropy)
+    return PairScore(p_true, 1.0 - p_true, entropy, entropy)
 
 
 def test_rank_order_without_tie_break_keeps_input_order_for_ties():
-    # 0.701 and 0.698 both round to 0.70; the entropy would put index 2 first.
-    scores = [ps(0.2, 0.1), ps(0.701, 0.9), ps(0.698, 0.3), ps(0.9, 0.5)]
+    # 0.701 and 0.708 both truncate to 0.70; the entropy would put index 2 first.
+    scores = [ps(0.2, 0.1), ps(0.701, 0.9), ps(0.708, 0.3), ps(0.9, 0.5)]
     assert [i for i, _ in rank_order(scores, rule="paper")] == [3, 2, 1, 0]
     assert [i for i, _ in rank_order(scores, rule="paper", tie_break=False)] == [3, 1, 2, 0]
     # No ties under the raw rule: the flag changes nothing.
-    assert [i for i, _ in rank_order(scores, rule="raw", tie_break=False)] == [3, 1, 2, 0]
+    assert [i for i, _ in rank_order(scores, rule="raw", tie_break=False)] == [3, 2, 1, 0]
 
 
 # Hand-computed case: images 0, 1, 2; captions c0, c1 describe image 0, c2 image 1, c3 image 2.
@@ -100,13 +100,16 @@ def test_fine_stage_recall_by_hand():
 
 
 def test_compose_follows_the_backend_gate():
-    plain, enh = PassScores(0.3, 0.6, 0.8), PassScores(0.7, 0.2, 0.4)
+    plain, enh = PassScores(0.3, 0.6, 0.8, 2.0), PassScores(0.7, 0.2, 0.4, 1.0)
     off = compose(plain, enh, Enhance("off"))
     assert (off.p_true, off.enhanced, off.first_pass) == (0.3, False, None)
-    fired = compose(plain, enh, Enhance("gated", 0.75))  # 0.8 > 0.75
+    fired = compose(plain, enh, Enhance("gated", 0.75, "top10"))  # 0.8 > 0.75
     assert (fired.p_true, fired.entropy, fired.enhanced, fired.first_pass) == (0.7, 0.4, True, plain)
-    kept = compose(plain, enh, Enhance("gated", 0.8))  # 0.8 is not above 0.8
+    kept = compose(plain, enh, Enhance("gated", 0.8, "top10"))  # 0.8 is not above 0.8
     assert (kept.p_true, kept.enhanced) == (0.3, False)
+    # the default signal: the True/False decision's entropy, H(1/3) / log 2 = 0.918
+    assert compose(plain, enh, Enhance("gated", 0.9)).enhanced is True
+    assert compose(plain, enh, Enhance("gated", 0.92)).enhanced is False
     always = compose(None, enh, Enhance("always"))
     assert (always.p_true, always.enhanced, always.first_pass) == (0.7, True, None)
     with pytest.raises(ValueError):

@@ -56,7 +56,8 @@ def runs(dataset_files, tiny_clip_dir, f16_scorer, tmp_path_factory):
         cache = EvalCache(work / "eval.sqlite3")
         first = Evaluator(encoder, f16_scorer, cache=cache)
         r1 = first.run(ds, Settings(ks=(2, 3), enhance=("off", "always"), listwise=True))
-        entropies = [s.entropy for d in ("t2i", "i2t") for row in first.tables[d][1] for s in row if s]
+        # the default gate signal: the True/False decision's normalised entropy
+        entropies = [s.binary_entropy for d in ("t2i", "i2t") for row in first.tables[d][1] for s in row if s]
         gate = round(statistics.median(entropies), 6)
         prompts_before = f16_scorer.stats.prompts_scored
         second = Evaluator(encoder, f16_scorer, cache=cache)
@@ -106,10 +107,10 @@ def test_gated_fires_exactly_above_the_threshold_like_the_backend(runs, f16_scor
         for row in ev.scores(d, 3, f"gated:{gate}"):
             for s in row:
                 if s.enhanced:
-                    assert s.first_pass is not None and s.first_pass.entropy > gate
+                    assert s.first_pass is not None and s.first_pass.binary_entropy > gate
                     fired += 1
                 else:
-                    assert s.first_pass is None and s.entropy <= gate
+                    assert s.first_pass is None and s.binary_entropy <= gate
                     kept += 1
     assert fired and kept
     ds = runs["dataset"]

@@ -27,7 +27,7 @@ from retllm_lite.paths import cache_dir
 from retllm_lite.rerank.logits import ChoiceProbs
 from retllm_lite.rerank.scorer import PassScores
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: pair_scores.vocab_entropy
 _CHUNK = 500  # keys per IN (...) query, below SQLite's variable limit
 
 _SCHEMA = """
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS clip_vectors (
     PRIMARY KEY (encoder, kind, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pair_scores (
     namespace TEXT NOT NULL, query TEXT NOT NULL, candidate TEXT NOT NULL,
-    p_true REAL NOT NULL, p_false REAL NOT NULL, entropy REAL NOT NULL,
+    p_true REAL NOT NULL, p_false REAL NOT NULL, entropy REAL NOT NULL, vocab_entropy REAL NOT NULL,
     PRIMARY KEY (namespace, query, candidate)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS listwise_picks (
     namespace TEXT NOT NULL, query TEXT NOT NULL, candidates TEXT NOT NULL,
@@ -146,17 +146,20 @@ class EvalCache:
 
     def pair_scores(self, namespace: str, query: str, candidates: Sequence[str]) -> dict[str, PassScores]:
         rows = self._select(
-            "SELECT candidate, p_true, p_false, entropy FROM pair_scores"
+            "SELECT candidate, p_true, p_false, entropy, vocab_entropy FROM pair_scores"
             " WHERE namespace=? AND query=? AND candidate IN ({marks})",
             (namespace, query),
             candidates,
         )
-        return {c: PassScores(t, f, e) for c, t, f, e in rows}
+        return {c: PassScores(t, f, e, v) for c, t, f, e, v in rows}
 
     def put_pair_scores(self, namespace: str, query: str, scores: dict[str, PassScores]) -> None:
         self._write(
-            "INSERT OR REPLACE INTO pair_scores VALUES (?, ?, ?, ?, ?, ?)",
-            ((namespace, query, c, s.p_true, s.p_false, s.entropy) for c, s in scores.items()),
+            "INSERT OR REPLACE INTO pair_scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                (namespace, query, c, s.p_true, s.p_false, s.entropy, s.vocab_entropy)
+                for c, s in scores.items()
+            ),
         )
 
     # -- listwise picks -------------------------------------------------------------------

@@ -104,7 +104,7 @@ class Settings:
 
 
 def enhance_name(e: Enhance) -> str:
-    return f"gated:{e.threshold:g}" if e.mode == "gated" else e.mode
+    return e.name
 
 
 @dataclass(frozen=True)
@@ -140,18 +140,17 @@ class Config:
 def compose(plain: PassScores | None, enhanced: PassScores | None, mode: Enhance) -> PairScore:
     """One pair's score under ``mode`` from its plain pass and its pass with the image again.
 
-    The same rule as the backend's: ``gated`` takes the second pass exactly when the first
-    pass's entropy exceeds the threshold.
+    The same decision as the backend's: ``Enhance.fires`` on the plain pass.
     """
     if mode.mode != "always":
         if plain is None:
             raise ValueError("the plain pass is missing")
-        if mode.mode == "off" or plain.entropy <= mode.threshold:
-            return PairScore(plain.p_true, plain.p_false, plain.entropy)
+        if not mode.fires(plain):
+            return PairScore.of(plain)
     if enhanced is None:
         raise ValueError("the enhanced pass is missing")
     first = plain if mode.mode == "gated" else None
-    return PairScore(enhanced.p_true, enhanced.p_false, enhanced.entropy, enhanced=True, first_pass=first)
+    return PairScore.of(enhanced, enhanced=True, first_pass=first)
 
 
 @dataclass

@@ -337,8 +337,11 @@ class Evaluator:
         if any(m.mode == "always" for m in modes):
             need = every
         elif any(m.mode == "gated" for m in modes):
-            gate = min(m.threshold for m in modes if m.mode == "gated")
-            need = [[j for j, s in enumerate(row) if s is not None and s.entropy > gate] for row in plain]
+            gates = [m for m in modes if m.mode == "gated"]
+            need = [
+                [j for j, s in enumerate(row) if s is not None and any(m.fires(s) for m in gates)]
+                for row in plain
+            ]
         else:
             need = [[] for _ in range(n)]
         with _timed(timings, f"vlm_{d}_enhanced"):
@@ -384,7 +387,7 @@ class Evaluator:
                 out = self.backend.score_pairs(self._query_item(d, q), cands, enhance=mode)
                 new = {}
                 for j, s in zip(run, out, strict=True):
-                    ps = PassScores(s.p_true, s.p_false, s.entropy)
+                    ps = s.as_pass()
                     fresh[(qkeys[q], gkeys[top[q, j]])] = new[gkeys[top[q, j]]] = ps
                 self.cache.put_pair_scores(ns, qkeys[q], new)
                 self.stats.pairs_scored += len(run)

@@ -57,7 +57,7 @@ from retllm_lite.rerank.prompts import (
     modality,
     render_listwise,
 )
-from retllm_lite.rerank.scorer import Enhance, Item, PairScore, PassScores
+from retllm_lite.rerank.scorer import Enhance, Item, PairScore
 
 ListwisePick = ChoiceProbs
 Templates = PromptTemplate | Mapping[tuple[Modality, Modality], PromptTemplate] | None
@@ -276,24 +276,16 @@ class LlamaMtmdScorer:
         always = mode.mode == "always"
         first = self._run(q, cands, qimg, cimgs, enhanced=always, fast=use_fast)
         results = [
-            PairScore(a.p_true, a.p_false, a.entropy, enhanced=always and s is not None)
-            for a, s in zip(first, sides, strict=True)
+            PairScore.of(a, enhanced=always and s is not None) for a, s in zip(first, sides, strict=True)
         ]
         if mode.mode == "gated":
-            fire = [i for i, a in enumerate(first) if a.entropy > mode.threshold and sides[i] is not None]
+            fire = [i for i, a in enumerate(first) if sides[i] is not None and mode.fires(a)]
             if fire:
                 second = self._run(
                     q, [cands[i] for i in fire], qimg, [cimgs[i] for i in fire], enhanced=True, fast=use_fast
                 )
                 for i, b in zip(fire, second, strict=True):
-                    a = first[i]
-                    results[i] = PairScore(
-                        b.p_true,
-                        b.p_false,
-                        b.entropy,
-                        enhanced=True,
-                        first_pass=PassScores(a.p_true, a.p_false, a.entropy),
-                    )
+                    results[i] = PairScore.of(b, enhanced=True, first_pass=results[i].as_pass())
         return results
 
     def pick_caption(

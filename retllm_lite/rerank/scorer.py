@@ -3,15 +3,23 @@
 A backend (``PairScorer``, e.g. ``LlamaMtmdScorer``) turns a query and its candidates into
 ``PairScore`` values; ``Scorer`` orders them the way the paper does:
 
-* rule ``"paper"``: P(True) rounded to two decimals, higher first; ties go to the lower
-  next-token entropy (normalised top-10 entropy, see ``logits``); then input order.
-  ``tie_break=False`` (an ablation) skips the entropy step: ties stay in input order.
-* rule ``"raw"``: unrounded P(True), then entropy.
-* rule ``"normalized"``: P(True) / (P(True) + P(False)), then entropy.
+* rule ``"paper"``, what the authors' code does (``Codes/Qwen_vl.py``): P(True)
+  truncated to two decimals (``int(p * 100) / 100``), higher first; ties go to the lower
+  Shannon entropy of the full next-token distribution (``vocab_entropy``); then input
+  order. ``tie_break=False`` (an ablation) skips the entropy step.
+* rule ``"rounded"``: this project's earlier variant: P(True) *rounded* to two decimals,
+  ties to the lower normalised top-10 entropy.
+* rule ``"raw"``: unrounded P(True), then the normalised top-10 entropy.
+* rule ``"normalized"``: P(True) / (P(True) + P(False)), then the normalised top-10 entropy.
 * ``fusion=alpha`` mixes in the coarse CLIP score:
   ``fused = alpha * clip_norm + (1 - alpha) * s`` where ``s`` is the rule's value
   (unrounded) and ``clip_norm`` is min-max normalised over the candidate list (all 0 when
-  the CLIP scores are all equal). The paper rule then rounds ``fused`` to two decimals.
+  the CLIP scores are all equal). The paper and rounded rules then cut ``fused`` to two
+  decimals their way.
+
+Gated visual enhancement (``Enhance``) decides per pair from the first pass whether to
+score again with the image inserted a second time; ``Enhance.fires`` is the one place
+that decision is made (the backends and ``retllm eval`` call it).
 """
 
 from __future__ import annotations
@@ -23,13 +31,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 from retllm_lite.errors import BadInput
+from retllm_lite.rerank.logits import binary_entropy
 
 if TYPE_CHECKING:
     from retllm_lite.rerank.images import ImageInput
 
-Rule = Literal["paper", "raw", "normalized"]
-RULES: tuple[str, ...] = ("paper", "raw", "normalized")
-DEFAULT_GATE = 0.75  # the paper's threshold on the normalised top-10 entropy
+Rule = Literal["paper", "rounded", "raw", "normalized"]
+RULES: tuple[str, ...] = ("paper", "rounded", "raw", "normalized")
+DEFAULT_GATE = 0.75  # the paper's threshold value
+GateSignal = Literal["binary", "top10"]
+GATE_SIGNALS: tuple[str, ...] = ("binary", "top10")
+DEFAULT_GATE_SIGNAL: GateSignal = "binary"
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,15 +72,24 @@ class Item:
 
 @dataclass(frozen=True)
 class PassScores:
-    """The numbers from one forward pass (used for the first pass of gated enhancement)."""
+    """The numbers from one forward pass (used for the first pass of gated enhancement).
+
+    ``entropy`` is the normalised top-10 next-token entropy, ``vocab_entropy`` the
+    full-vocabulary Shannon entropy in nats (the paper rule's tie-break).
+    """
 
     p_true: float
     p_false: float
     entropy: float
+    vocab_entropy: float
 
     @property
     def score(self) -> float:
         return normalized(self.p_true, self.p_false)
+
+    @property
+    def binary_entropy(self) -> float:
+        return binary_entropy(self.p_true, self.p_false)
 
 
 def normalized(p_true: float, p_false: float) -> float:
@@ -81,52 +102,115 @@ class PairScore:
     """How well a candidate matches a query, read from the answer-token distribution.
 
     ``score`` is P(True) / (P(True) + P(False)). ``entropy`` is the normalised top-10
-    next-token entropy. ``enhanced`` says whether the image was inserted a second time;
-    with gated enhancement, ``first_pass`` holds the values before it fired.
+    next-token entropy, ``vocab_entropy`` the full-vocabulary Shannon entropy (nats).
+    ``enhanced`` says whether the image was inserted a second time; with gated
+    enhancement, ``first_pass`` holds the values before it fired.
     """
 
     p_true: float
     p_false: float
     entropy: float
+    vocab_entropy: float
     enhanced: bool = False
     first_pass: PassScores | None = None
     score: float = field(init=False)
 
     def __post_init__(self) -> None:
-        for name in ("p_true", "p_false", "entropy"):
+        for name in ("p_true", "p_false", "entropy", "vocab_entropy"):
             if not math.isfinite(getattr(self, name)):
                 raise FloatingPointError(f"{name} is not finite")
         object.__setattr__(self, "score", normalized(self.p_true, self.p_false))
 
+    @classmethod
+    def of(cls, s: Any, *, enhanced: bool = False, first_pass: PassScores | None = None) -> PairScore:
+        """From anything with p_true, p_false, entropy, vocab_entropy (a pass's numbers)."""
+        return cls(s.p_true, s.p_false, s.entropy, s.vocab_entropy, enhanced=enhanced, first_pass=first_pass)
+
+    @property
+    def binary_entropy(self) -> float:
+        return binary_entropy(self.p_true, self.p_false)
+
+    def as_pass(self) -> PassScores:
+        return PassScores(self.p_true, self.p_false, self.entropy, self.vocab_entropy)
+
 
 @dataclass(frozen=True)
 class Enhance:
-    """Visual enhancement: ``off``, ``always``, or ``gated`` at ``threshold`` on entropy."""
+    """Visual enhancement: ``off``, ``always``, or ``gated``: fire when the first pass's
+    ``signal`` exceeds ``threshold``.
+
+    Signals (all in [0, 1]):
+
+    * ``binary`` (default): the normalised entropy of the True/False decision,
+      ``H(q) / log 2`` with ``q = P(True) / (P(True) + P(False))``. At the default 0.75 it
+      fires for 0.215 < q < 0.785 (the model is unsure) and stays shut at q = 0.95.
+    * ``top10``: the final layer's normalised top-10 next-token entropy. The paper's 0.75
+      applies this measure to *early exits at middle layers* (flat distributions); at the
+      final layer of an instruction-tuned model nearly all mass is on True/False, so it is
+      at most about log 2 / log 10 = 0.30 and a 0.75 gate never fires. Kept for ablations.
+    """
 
     mode: Literal["off", "always", "gated"] = "off"
     threshold: float = DEFAULT_GATE
+    signal: GateSignal = DEFAULT_GATE_SIGNAL
+
+    def __post_init__(self) -> None:
+        if self.signal not in GATE_SIGNALS:
+            raise BadInput(
+                f"unknown gate signal {self.signal!r}", hint=f"use one of {', '.join(GATE_SIGNALS)}"
+            )
+
+    def gate_value(self, first: Any) -> float:
+        """The gating quantity of a first pass (anything with p_true, p_false, entropy)."""
+        if self.signal == "top10":
+            return float(first.entropy)
+        return binary_entropy(first.p_true, first.p_false)
+
+    def fires(self, first: Any) -> bool:
+        """Whether this mode scores the pair again with the image inserted a second time."""
+        if self.mode == "always":
+            return True
+        return self.mode == "gated" and self.gate_value(first) > self.threshold
 
     @classmethod
-    def parse(cls, value: Enhance | str | bool | None) -> Enhance:
-        """Accepts an Enhance, "off", "always", "gated", "gated:0.6", True/False/None."""
+    def parse(cls, value: Enhance | str | bool | None, signal: str | None = None) -> Enhance:
+        """Accepts an Enhance, "off", "always", "gated", "gated:0.6", "gated:0.6:top10",
+        "gated:top10", True/False/None. ``signal`` overrides the gate signal."""
         if isinstance(value, Enhance):
-            return value
+            return value if signal is None else cls(value.mode, value.threshold, signal)  # type: ignore[arg-type]
         if value is None or value is False:
-            return cls("off")
+            return cls("off", signal=signal or DEFAULT_GATE_SIGNAL)  # type: ignore[arg-type]
         if value is True:
-            return cls("always")
-        mode, _, thr = str(value).partition(":")
+            return cls("always", signal=signal or DEFAULT_GATE_SIGNAL)  # type: ignore[arg-type]
+        mode, *rest = str(value).split(":")
         if mode not in ("off", "always", "gated"):
             raise BadInput(
-                f"unknown enhancement mode {value!r}", hint="use off, always, gated or gated:THRESHOLD"
+                f"unknown enhancement mode {value!r}",
+                hint="use off, always, gated, gated:THRESHOLD or gated:THRESHOLD:SIGNAL",
             )
-        if thr and mode != "gated":
-            raise BadInput(f"only gated enhancement takes a threshold, not {value!r}")
-        try:
-            threshold = float(thr) if thr else DEFAULT_GATE
-        except ValueError as exc:
-            raise BadInput(f"bad enhancement threshold in {value!r}") from exc
-        return cls(mode, threshold)  # type: ignore[arg-type]
+        if rest and mode != "gated":
+            raise BadInput(f"only gated enhancement takes a threshold or signal, not {value!r}")
+        threshold, named = DEFAULT_GATE, None
+        for word in rest:
+            if word in GATE_SIGNALS and named is None:
+                named = word
+                continue
+            try:
+                threshold = float(word)
+            except ValueError:
+                raise BadInput(
+                    f"bad enhancement threshold or signal in {value!r}",
+                    hint=f"a number in [0, 1] and/or one of {', '.join(GATE_SIGNALS)}",
+                ) from None
+        return cls(mode, threshold, signal or named or DEFAULT_GATE_SIGNAL)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        """ "off", "always", "gated:0.75" or "gated:0.75:top10" (parse() reads it back)."""
+        if self.mode != "gated":
+            return self.mode
+        tail = "" if self.signal == DEFAULT_GATE_SIGNAL else f":{self.signal}"
+        return f"gated:{self.threshold:g}{tail}"
 
 
 class PairScorer(Protocol):
@@ -153,6 +237,7 @@ class Ranked:
     enhanced: bool
     id: str | int | None = None
     clip_score: float | None = None
+    vocab_entropy: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +247,16 @@ def rule_value(s: PairScore, rule: Rule) -> float:
     if rule == "normalized":
         return s.score
     return s.p_true
+
+
+def truncate2(v: float) -> float:
+    """The authors' two-decimal cut, ``int(p * 100) / 100`` (toward zero, float as is)."""
+    return int(v * 100) / 100
+
+
+def tie_entropy(s: PairScore, rule: Rule) -> float:
+    """The entropy a rule breaks ties with: full-vocabulary for "paper", top-10 otherwise."""
+    return s.vocab_entropy if rule == "paper" else s.entropy
 
 
 def rank_order(
@@ -189,8 +284,10 @@ def rank_order(
         norm = [(c - lo) / (hi - lo) if hi > lo else 0.0 for c in clip_scores]
         values = [fusion * c + (1.0 - fusion) * v for c, v in zip(norm, values, strict=True)]
     if rule == "paper":
+        values = [truncate2(v) for v in values]
+    elif rule == "rounded":
         values = [round(v, 2) for v in values]
-    entropy = [s.entropy if tie_break else 0.0 for s in scores]
+    entropy = [tie_entropy(s, rule) if tie_break else 0.0 for s in scores]
     order = sorted(range(len(scores)), key=lambda i: (-values[i], entropy[i], i))
     return [(i, values[i]) for i in order]
 
@@ -323,6 +420,7 @@ class Scorer:
                 enhanced=scores[i].enhanced,
                 id=cands[i].id,
                 clip_score=None if clip_scores is None else float(clip_scores[i]),
+                vocab_entropy=scores[i].vocab_entropy,
             )
             for i, value in order
         ]
