@@ -202,14 +202,47 @@ def _reinit(model: Any, seed: int, piece_id: dict[str, int], answer_boost: float
             emb[piece_id[word]] += answer_boost * direction
 
 
+def _calibrate_answer_odds(model: Any, proc: Any, piece_id: dict[str, int], log_odds: float) -> None:
+    """Move the (tied) "True" row so that log P(True)/P(False) is about ``log_odds`` at the answer.
+
+    Shapes the output like a confident instruction-tuned model's (e.g. log 19: P(True) ~ 0.95
+    of the True/False mass) on a representative text pair; image pairs land near it.
+    """
+    torch = require("torch", "export", "Building the tiny test VLM")
+    prompt = (
+        "<start_of_turn>user\nQuery: a red car\nCandidate: a dog on the beach\n"
+        "Does the candidate match the query? Answer True or False.<end_of_turn>\n<start_of_turn>model\n"
+    )
+    ids = torch.tensor([[BOS, *proc.encode(prompt)]])
+    lm = model.model.language_model
+    captured: dict[str, Any] = {}
+    hook = lm.norm.register_forward_hook(lambda _m, _i, out: captured.__setitem__("h", out[0, -1]))
+    emb = model.get_input_embeddings().weight
+    t, f = piece_id["True"], piece_id["False"]
+    try:
+        with torch.no_grad():
+            for _ in range(4):  # "True" also appears in the prompt: a few fixed-point steps
+                logits = model(input_ids=ids, token_type_ids=torch.zeros_like(ids)).logits[0, -1]
+                h = captured["h"]
+                delta = float(logits[t] - logits[f])
+                emb[t] += (log_odds - delta) * h / h.dot(h)
+    finally:
+        hook.remove()
+
+
 def build_tiny_gemma3(
-    out_dir: str | Path, seed: int = 0, answer_boost: float = 2.0, vision: VisionShape = TINY
+    out_dir: str | Path,
+    seed: int = 0,
+    answer_boost: float = 2.0,
+    vision: VisionShape = TINY,
+    answer_log_odds: float | None = None,
 ) -> Path:
     """Write a tiny random Gemma3 checkout to ``out_dir`` (created; must not exist or be empty).
 
     Deterministic for a given seed (tokenizer and weights). Returns ``out_dir``. Needs the
     ``export`` extra (torch, transformers 4.57, sentencepiece). ``vision`` sets the image
     side (``REAL_TOKEN_COUNT``: 256 tokens per image, as real Gemma 3, for benchmarks).
+    ``answer_log_odds`` shapes the answer like a confident model's (``_calibrate_answer_odds``).
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -231,6 +264,8 @@ def build_tiny_gemma3(
         torch.manual_seed(seed)
         model = transformers.Gemma3ForConditionalGeneration(config).eval()
         _reinit(model, seed, piece_id, answer_boost)
+        if answer_log_odds is not None:
+            _calibrate_answer_odds(model, proc, piece_id, answer_log_odds)
         model.save_pretrained(stage, safe_serialization=True)
 
         shutil.copy(tok_model, stage / "tokenizer.model")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from retllm_lite.rerank.embedding_cache import EmbeddingCache
 from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
-from retllm_lite.rerank.scorer import Item, Scorer, rank_order
+from retllm_lite.rerank.scorer import Enhance, Item, Scorer, rank_order
 
 TOL = 1e-4
 
@@ -126,19 +126,21 @@ def test_default_disk_cache_lives_under_the_cache_dir(tiny_vlm_f16, vlm_images, 
     assert next(root.iterdir()).name == tiny_vlm_f16.manifest["mmproj"]["sha256"][:32]
 
 
-def test_gated_enhancement_fires_exactly_above_the_threshold(f16_scorer, vlm_images, vlm_captions):
+@pytest.mark.parametrize("signal", ["binary", "top10"])
+def test_gated_enhancement_fires_exactly_above_the_threshold(f16_scorer, vlm_images, vlm_captions, signal):
     for query, cands in [
         (Item(text=vlm_captions[0]), [Item(image=im) for im in vlm_images]),
         (Item(image=vlm_images[6]), vlm_captions),
     ]:
         first = f16_scorer.score_pairs(query, cands, enhance="off")
         always = f16_scorer.score_pairs(query, cands, enhance="always")
-        entropies = sorted(s.entropy for s in first)
-        threshold = (entropies[len(entropies) // 2 - 1] + entropies[len(entropies) // 2]) / 2
+        values = sorted(Enhance("gated", signal=signal).gate_value(s) for s in first)
+        threshold = (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        mode = Enhance("gated", threshold, signal)
         for fast in (True, False):
-            gated = f16_scorer.score_pairs(query, cands, enhance=f"gated:{threshold}", fast=fast)
+            gated = f16_scorer.score_pairs(query, cands, enhance=mode, fast=fast)
             fired = [s.enhanced for s in gated]
-            assert fired == [s.entropy > threshold for s in first]
+            assert fired == [mode.gate_value(s) > threshold for s in first]
             assert 0 < sum(fired) < len(fired)
             for g, f, a in zip(gated, first, always, strict=True):
                 if g.enhanced:
@@ -151,6 +153,34 @@ def test_gated_enhancement_fires_exactly_above_the_threshold(f16_scorer, vlm_ima
                     assert abs(g.p_true - f.p_true) < TOL
 
 
+def test_default_gate_fires_when_unsure_and_stays_shut_when_confident(
+    f16_scorer, confident_scorer, vlm_images, vlm_captions
+):
+    """The default gate (binary entropy > 0.75) on real logits, not on hand-made numbers.
+
+    The plain tiny model spreads P(True)/(P(True)+P(False)) around 0.5 (unsure pairs); the
+    confident one puts it near 0.95. The final layer's top-10 entropy stays far below 0.75
+    on both, so a 0.75 gate on it (the earlier default) never fires.
+    """
+    pairs = [
+        (Item(text=vlm_captions[0]), [Item(image=im) for im in vlm_images]),
+        (Item(image=vlm_images[6]), vlm_captions),
+    ]
+    unsure, confident = [], []
+    for scorer, out in ((f16_scorer, unsure), (confident_scorer, confident)):
+        for query, cands in pairs:
+            first = scorer.score_pairs(query, cands, enhance="off")
+            gated = scorer.score_pairs(query, cands, enhance="gated")
+            out += list(zip(first, gated, strict=True))
+    for first, gated in unsure + confident:
+        assert gated.enhanced is (first.binary_entropy > 0.75)
+        assert first.entropy < 0.75 and not Enhance("gated", signal="top10").fires(first)
+    near_even = [g for f, g in unsure if 0.35 <= f.score <= 0.65]
+    assert near_even and all(g.enhanced for g in near_even)
+    assert all(not g.enhanced and f.score > 0.785 for f, g in confident)
+    assert any(f.score >= 0.95 for f, _ in confident)
+
+
 def test_paper_rule_through_the_model_breaks_rounded_ties_by_entropy(f16_scorer, vlm_images, vlm_captions):
     scorer = Scorer(f16_scorer)
     query = Item(image=vlm_images[7])
@@ -159,12 +189,12 @@ def test_paper_rule_through_the_model_breaks_rounded_ties_by_entropy(f16_scorer,
     raw = f16_scorer.score_pairs(query, cands)
     assert [r.corpus_id for r in ranked] == [i for i, _ in rank_order(raw, rule="paper")]
     assert sorted(r.corpus_id for r in ranked) == list(range(len(cands)))
-    keys = [(-round(r.p_true, 2), r.entropy) for r in ranked]
+    keys = [(-(int(r.p_true * 100) / 100), r.vocab_entropy) for r in ranked]  # the authors' code
     assert keys == sorted(keys)
-    ties = [(a, b) for a, b in itertools.pairwise(ranked) if round(a.p_true, 2) == round(b.p_true, 2)]
-    assert ties, "the candidates should include rounded ties"
+    ties = [(a, b) for a, b in itertools.pairwise(ranked) if int(a.p_true * 100) == int(b.p_true * 100)]
+    assert ties, "the candidates should include truncated ties"
     assert any(a.p_true < b.p_true for a, b in ties)  # lower entropy won over higher P(True)
-    assert [r.score for r in ranked] == [round(r.p_true, 2) for r in ranked]
+    assert [r.score for r in ranked] == [int(r.p_true * 100) / 100 for r in ranked]
     assert [r.corpus_id for r in scorer.rank(query, cands, rule="raw")] == sorted(
         range(len(cands)), key=lambda i: -raw[i].p_true
     )

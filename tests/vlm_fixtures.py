@@ -104,6 +104,25 @@ def tiny_vlm_q8(tiny_vlm_hf, vlm_converter, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def confident_scorer(vlm_converter, tmp_path_factory):
+    """The tiny Gemma3 with its answer shaped like a confident instruction-tuned model's.
+
+    Same seed and weights, but the "True" row moved so that log P(True)/P(False) is about
+    4.5 at the answer position (measured: q = P(True)/(P(True)+P(False)) 0.81-0.97 on the
+    test pairs), with the True/False mass near 1 as after a real model's chat template.
+    """
+    from retllm_lite.quantize.tiny_vlm import build_tiny_gemma3
+
+    from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
+
+    hf = build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3-confident") / "hf", answer_log_odds=4.5)
+    files = _convert(hf, vlm_converter, tmp_path_factory, "f16", "f16")
+    scorer = LlamaMtmdScorer(files.model, files.mmproj, n_threads=1)
+    yield scorer
+    scorer.close()
+
+
+@pytest.fixture(scope="session")
 def f16_scorer(tiny_vlm_f16):
     """One shared f16 scorer, defaults (candidates one at a time, bit-identical to naive).
 

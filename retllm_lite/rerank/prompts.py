@@ -3,12 +3,17 @@
 A template is plain text with placeholders: ``{query_text}``, ``{candidate_text}`` for
 text and ``{query_image}``, ``{candidate_image}`` for where an image's embeddings go.
 Visual enhancement appends ``enhance_suffix`` (by default ``"\\n{enhance_image}"``) after
-the question, so the image is seen a second time right before the answer.
+the question, so the image is seen a second time after the question, right before the
+answer (re-inserting the image into the prompt is this project's design: it
+approximates the paper's feed-forward re-injection of visual tokens, it is not that
+mechanism).
 
-The default templates put the query and the question first and the candidate last:
-everything before the candidate is then shared by all candidates and evaluated once, and
-each candidate costs only its own tokens (see ``llama_mtmd``). With enhancement the image
-comes a second time after the candidate, right before the answer.
+Order, as in the authors' code (``Codes/Qwen_vl.py``): in every user turn the images come
+first (the query's, then the candidate's), then the texts, then the question. With an
+image query (image -> text) the query image is then in the prefix all candidates share,
+evaluated once; with image candidates (text -> image) each candidate's image sits right
+after the chat header, so the state of "header + that image" does not depend on the
+query and can be reused across queries.
 
 Pairings follow the query/candidate modalities of M-BEIR style retrieval: each side is
 text, image, or image+text, so nine pairings; all nine have a default template. The
@@ -48,45 +53,41 @@ _QUESTION = "Answer True or False."
 
 _TEMPLATES: dict[tuple[Modality, Modality], str] = {
     (Modality.TEXT, Modality.IMAGE): (
-        f"Query: {{query_text}}\nDoes the image below match the query? {_QUESTION}\n"
-        "Image: {candidate_image}"
+        f"Candidate image: {{candidate_image}}\nQuery: {{query_text}}\n"
+        f"Does the candidate image match the query? {_QUESTION}"
     ),
     (Modality.TEXT, Modality.TEXT): (
-        f"Query: {{query_text}}\nDoes the candidate below match the query? {_QUESTION}\n"
-        "Candidate: {candidate_text}"
+        f"Query: {{query_text}}\nCandidate: {{candidate_text}}\n"
+        f"Does the candidate match the query? {_QUESTION}"
     ),
     (Modality.TEXT, Modality.IMAGE_TEXT): (
-        f"Query: {{query_text}}\nDoes the candidate below match the query? {_QUESTION}\n"
-        "Candidate image: {candidate_image}\nCandidate text: {candidate_text}"
+        "Candidate image: {candidate_image}\nQuery: {query_text}\nCandidate text: {candidate_text}\n"
+        f"Does the candidate match the query? {_QUESTION}"
     ),
     (Modality.IMAGE, Modality.TEXT): (
-        f"Image: {{query_image}}\nDoes the caption below describe the image? {_QUESTION}\n"
-        "Caption: {candidate_text}"
+        f"Query image: {{query_image}}\nCaption: {{candidate_text}}\n"
+        f"Does the caption describe the query image? {_QUESTION}"
     ),
     (Modality.IMAGE, Modality.IMAGE): (
-        "Query image: {query_image}\n"
-        f"Does the image below show the same content as the query image? {_QUESTION}\n"
-        "Candidate image: {candidate_image}"
+        "Query image: {query_image}\nCandidate image: {candidate_image}\n"
+        f"Does the candidate image show the same content as the query image? {_QUESTION}"
     ),
     (Modality.IMAGE, Modality.IMAGE_TEXT): (
-        "Query image: {query_image}\n"
-        f"Does the candidate below match the query image? {_QUESTION}\n"
-        "Candidate image: {candidate_image}\nCandidate text: {candidate_text}"
+        "Query image: {query_image}\nCandidate image: {candidate_image}\nCandidate text: {candidate_text}\n"
+        f"Does the candidate match the query image? {_QUESTION}"
     ),
     (Modality.IMAGE_TEXT, Modality.TEXT): (
-        "Query image: {query_image}\nQuery text: {query_text}\n"
-        f"Does the candidate below answer the query about the image? {_QUESTION}\n"
-        "Candidate: {candidate_text}"
+        "Query image: {query_image}\nQuery text: {query_text}\nCandidate: {candidate_text}\n"
+        f"Does the candidate answer the query about the image? {_QUESTION}"
     ),
     (Modality.IMAGE_TEXT, Modality.IMAGE): (
-        "Query image: {query_image}\nModification: {query_text}\n"
-        f"Does the image below show the query image with the modification? {_QUESTION}\n"
-        "Candidate image: {candidate_image}"
+        "Query image: {query_image}\nCandidate image: {candidate_image}\nModification: {query_text}\n"
+        f"Does the candidate image show the query image with the modification? {_QUESTION}"
     ),
     (Modality.IMAGE_TEXT, Modality.IMAGE_TEXT): (
-        "Query image: {query_image}\nQuery text: {query_text}\n"
-        f"Does the candidate below match the query? {_QUESTION}\n"
-        "Candidate image: {candidate_image}\nCandidate text: {candidate_text}"
+        "Query image: {query_image}\nCandidate image: {candidate_image}\n"
+        "Query text: {query_text}\nCandidate text: {candidate_text}\n"
+        f"Does the candidate match the query? {_QUESTION}"
     ),
 }
 
