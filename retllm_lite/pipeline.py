@@ -30,8 +30,10 @@ DEFAULT_RERANK_K = 5  # the paper reranks the coarse top-5
 class RerankOptions:
     """How the fine stage reorders the coarse top-k (see docs/rerank.md).
 
-    ``enhance``: "off", "always", "gated" or "gated:THRESHOLD" (visual enhancement).
-    ``rule``: "paper" (P(True) to two decimals, ties to lower entropy), "raw", "normalized".
+    ``k``: the rerank depth: how many of the coarse results the VLM rescores.
+    ``enhance``: "off", "always", "gated", "gated:THRESHOLD[:SIGNAL]" (visual enhancement).
+    ``rule``: "paper" (P(True) truncated to two decimals, ties to the lower full-vocabulary
+    entropy, as the authors' code), "rounded", "raw", "normalized" (``rerank.scorer``).
     ``fusion``: alpha in [0, 1] mixing the min-max normalised CLIP score into the rule's value.
     ``listwise``: image -> text only: the model picks among the k captions by number (digit
     logits); captions are ordered by that choice distribution.
@@ -63,10 +65,12 @@ class SearchHit:
     p_true: float | None = None
     p_false: float | None = None
     entropy: float | None = None
+    vocab_entropy: float | None = None
     enhanced: bool | None = None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """Every field, always (absent values are None): a stable schema for --json."""
+        return asdict(self)
 
 
 def _display_path(raw: bytes | None) -> str | None:
@@ -193,12 +197,16 @@ class Retriever:
         """The k best items for the query, best first.
 
         With ``rerank``, the coarse top ``rerank.k`` are rescored by the scorer and reordered
-        (and ``k`` is ignored): the RetLLM two-stage pipeline.
+        (the RetLLM two-stage pipeline); coarse results beyond them follow in CLIP order, up
+        to ``k`` in all (their fine-stage fields stay None).
         """
-        if rerank is not None:
-            k = rerank.k
         if k <= 0:
             raise BadInput(f"k must be positive, got {k}")
+        if rerank is not None and rerank.k <= 0:
+            raise BadInput(f"the rerank depth must be positive, got {rerank.k}")
+        shown = k
+        if rerank is not None:
+            k = max(k, rerank.k)
         query = self.embed_query(text, image, image_weight)
         pf = path_filter(include, exclude)
         where = pf
@@ -227,8 +235,10 @@ class Retriever:
                 )
             )
         if rerank is not None:
-            hits = self.rerank(hits, text=text, image=image, options=rerank)
-        return hits
+            head = self.rerank(hits[: rerank.k], text=text, image=image, options=rerank)
+            tail = [replace(h, rank=len(head) + n) for n, h in enumerate(hits[rerank.k :], start=1)]
+            hits = head + tail
+        return hits[:shown]
 
     def rerank(
         self,
@@ -272,6 +282,7 @@ class Retriever:
                     p_true=r.p_true,
                     p_false=r.p_false,
                     entropy=r.entropy,
+                    vocab_entropy=r.vocab_entropy,
                     enhanced=r.enhanced,
                 )
             )

@@ -86,9 +86,39 @@ def test_rerank_reorders_the_coarse_top_k_by_the_paper_rule(corpus, vlm_dir):
         assert (
             r["clip_score"] == pytest.approx(coarse_row["score"]) and r["coarse_rank"] == coarse_row["rank"]
         )
-    keys = [(-round(r["p_true"], 2), r["entropy"]) for r in reranked]
+    keys = [(-(int(r["p_true"] * 100) / 100), r["vocab_entropy"]) for r in reranked]  # the authors' rule
     assert keys == sorted(keys) and [r["rank"] for r in reranked] == [1, 2, 3, 4, 5]
-    assert all(r["score"] == pytest.approx(round(r["p_true"], 2)) for r in reranked)
+    assert all(r["score"] == int(r["p_true"] * 100) / 100 for r in reranked)
+
+
+def test_rerank_depth_apart_from_the_results_shown(corpus, vlm_dir):
+    """--rerank-k 3 -k 6: three reranked, then coarse ranks 4-6 in CLIP order; stable JSON rows."""
+    _root, index_dir = corpus
+    coarse = search_json(index_dir, "a red circle", "-k", "6", "--modality", "image")
+    common = ["--rerank", "--vlm-model", vlm_dir, "--modality", "image", "--enhance", "off"]
+    rows = search_json(index_dir, "a red circle", *common, "--rerank-k", "3", "-k", "6")
+    assert len(rows) == 6 and [r["rank"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert {r["path"] for r in rows[:3]} == {c["path"] for c in coarse[:3]}
+    assert [r["path"] for r in rows[3:]] == [c["path"] for c in coarse[3:]]  # CLIP order
+    assert all(r["p_true"] is not None for r in rows[:3]) and all(r["p_true"] is None for r in rows[3:])
+    assert len({tuple(r) for r in rows}) == 1  # every row has the same keys; absent ones are null
+    assert {"p_true", "p_false", "entropy", "vocab_entropy", "enhanced", "item_id", "text"} <= set(rows[0])
+    # -k below the depth shows the best of the reranked; --rerank-k alone needs --rerank
+    top2 = search_json(index_dir, "a red circle", *common, "--rerank-k", "3", "-k", "2")
+    assert [r["path"] for r in top2] == [r["path"] for r in rows[:2]]
+    bad = run("search", "a red circle", "--rerank-k", "3", "--index", index_dir)
+    assert bad.exit_code == 2 and "--rerank-k" in bad.output
+    for flags in (["--gate", "0.5"], ["--gate-signal", "top10"]):
+        bad = run("search", "a red circle", *common, *flags, "--index", index_dir)
+        assert bad.exit_code == 2 and "only apply to --enhance gated" in bad.output
+
+
+def test_the_index_is_opened_before_the_vlm_is_loaded(tmp_path, vlm_dir):
+    """A missing index fails fast, naming the index, before any VLM is loaded or pulled."""
+    res = run(
+        "search", "a dog", "--rerank", "--vlm-model", tmp_path / "no-such-vlm", "--index", tmp_path / "none"
+    )
+    assert res.exit_code == 1 and "no-such-vlm" not in res.stderr and str(tmp_path / "none") in res.stderr
 
 
 def test_pipeline_scores_equal_the_scorer_on_the_same_pairs(corpus, vlm_dir, tiny_clip_dir):
@@ -97,7 +127,9 @@ def test_pipeline_scores_equal_the_scorer_on_the_same_pairs(corpus, vlm_dir, tin
         Scorer.from_manifest(vlm_dir, n_threads=1) as scorer,
         Retriever(Index.open(index_dir), scorer=scorer) as r,
     ):
-        hits = r.search(text="two green squares", modality="image", rerank=RerankOptions(k=4, enhance="off"))
+        hits = r.search(
+            text="two green squares", k=4, modality="image", rerank=RerankOptions(k=4, enhance="off")
+        )
         direct = scorer.predict([("two green squares", Item(image=h.path)) for h in hits], enhance="off")
     for h, s in zip(hits, direct, strict=True):
         assert h.p_true == pytest.approx(s.p_true, rel=1e-6) and h.entropy == pytest.approx(
@@ -121,12 +153,23 @@ def test_image_to_text_pointwise_and_listwise(corpus, vlm_dir):
         vlm_dir,
         "-k",
         "4",
+        "--rerank-k",
+        "4",
         "--enhance",
         "always",
     )
     assert len(pointwise) == 4 and all(r["modality"] == "text" and r["enhanced"] is True for r in pointwise)
     listwise = search_json(
-        index_dir, "--image", photo, "--modality", "text", "--listwise", "--vlm-model", vlm_dir, "-k", "4"
+        index_dir,
+        "--image",
+        photo,
+        "--modality",
+        "text",
+        "--listwise",
+        "--vlm-model",
+        vlm_dir,
+        "--rerank-k",
+        "4",
     )
     assert {r["text"] for r in listwise} == {r["text"] for r in pointwise}
     probs = [r["score"] for r in listwise]
@@ -240,3 +283,14 @@ def test_rerank_search_never_imports_torch(corpus, vlm_dir):
         ]
     )
     assert len(json.loads(out)) == 2
+
+
+def test_paths_on_caption_hits_prints_their_ids_not_the_captions(corpus):
+    root, index_dir = corpus
+    photo = sorted((root / "photos").rglob("*.jpg"))[0]
+    rows = search_json(index_dir, "--image", photo, "--modality", "text", "-k", "3")
+    res = run("search", "--image", photo, "--modality", "text", "-k", "3", "--paths", "--index", index_dir)
+    assert res.exit_code == 0
+    want = [str(r["item_id"] if r["item_id"] is not None else r["id"]) for r in rows]
+    assert res.stdout.splitlines() == want
+    assert not any(r["text"] in res.stdout for r in rows)

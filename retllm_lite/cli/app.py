@@ -66,11 +66,19 @@ mmproj_option = click.option(
 )
 rule_option = click.option(
     "--rule",
-    type=click.Choice(["paper", "raw", "normalized"]),
+    type=click.Choice(["paper", "rounded", "raw", "normalized"]),
     default="paper",
     show_default=True,
-    help="Fine ranking: P(True) to 2 decimals, ties to lower entropy (paper), unrounded P(True) (raw), "
-    "or P(True)/(P(True)+P(False)) (normalized).",
+    help="Fine ranking: P(True) truncated to 2 decimals, ties to the lower full-vocabulary entropy "
+    "(paper, as the authors' code); rounded to 2 decimals, ties to top-10 entropy (rounded); "
+    "unrounded P(True) (raw); or P(True)/(P(True)+P(False)) (normalized).",
+)
+
+gate_signal_option = click.option(
+    "--gate-signal",
+    type=click.Choice(["binary", "top10"]),
+    help="What gated enhancement thresholds: the True/False decision's normalised entropy "
+    "(binary, default) or the final layer's normalised top-10 entropy (top10).  [default: binary]",
 )
 
 variant_option = click.option(

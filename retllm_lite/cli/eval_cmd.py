@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from ..rerank.scorer import DEFAULT_GATE
+from ..rerank.scorer import DEFAULT_GATE, Enhance
 from .app import (
     Bars,
     announce,
     cli,
     clip_option,
+    gate_signal_option,
     mmproj_option,
     offline_option,
     progress_enabled,
@@ -100,8 +101,9 @@ def _ints(values: tuple[str, ...], name: str) -> tuple[int, ...]:
     type=click.FloatRange(0, 1),
     default=DEFAULT_GATE,
     show_default=True,
-    help="Entropy threshold of a plain 'gated' in --enhance (normalised top-10 entropy).",
+    help="Threshold of a plain 'gated' in --enhance, on --gate-signal.",
 )
+@gate_signal_option
 @click.option(
     "--tie-break",
     type=click.Choice(["both", "entropy", "none"]),
@@ -145,6 +147,7 @@ def eval_cmd(
     ks,
     enhance,
     gate,
+    gate_signal,
     tie_break,
     rule,
     listwise,
@@ -173,7 +176,12 @@ def eval_cmd(
 
     settings = Settings(
         ks=_ints(ks, "--k") or (5,),
-        enhance=tuple(f"gated:{gate}" if e == "gated" else e for e in _words(enhance)),
+        enhance=tuple(
+            Enhance.parse(
+                f"gated:{gate}" if e == "gated" else e, signal=gate_signal if e.startswith("gated") else None
+            )
+            for e in _words(enhance)
+        ),
         tie_breaks={"both": (True, False), "entropy": (True,), "none": (False,)}[tie_break],
         rule=rule,
         listwise=listwise,

@@ -14,9 +14,19 @@ from pathlib import Path
 import click
 
 from ..pipeline import DEFAULT_RERANK_K, RerankOptions
-from .app import mmproj_option, rule_option, vlm_model_option
+from .app import gate_signal_option, mmproj_option, rule_option, vlm_model_option
 
 GATE_DEFAULT = 0.75
+
+
+def gated_mode(enhance: str, gate: float | None, signal: str | None) -> str:
+    """``--enhance`` with ``--gate`` / ``--gate-signal`` folded in; they need gated enhancement."""
+    if enhance != "gated":
+        given = [n for n, v in (("--gate", gate), ("--gate-signal", signal)) if v is not None]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)} only apply to --enhance gated (not {enhance})")
+        return enhance
+    return f"gated:{GATE_DEFAULT if gate is None else gate}" + (f":{signal}" if signal else "")
 
 
 @dataclass
@@ -59,10 +69,12 @@ def rerank_options(fn: Callable) -> Callable:
     def wrapper(
         *args,
         rerank: bool,
+        rerank_k,
         vlm_model,
         mmproj,
         enhance,
         gate,
+        gate_signal,
         rule,
         fusion,
         listwise,
@@ -71,11 +83,11 @@ def rerank_options(fn: Callable) -> Callable:
         **kwargs,
     ):
         request = None
+        mode = gated_mode(enhance, gate, gate_signal)
         if rerank or listwise:
-            mode = enhance if enhance != "gated" else f"gated:{gate}"
             request = RerankRequest(
                 options=RerankOptions(
-                    k=kwargs.get("k") or DEFAULT_RERANK_K,
+                    k=rerank_k or DEFAULT_RERANK_K,
                     enhance=mode,
                     rule=rule,
                     fusion=fusion,
@@ -88,6 +100,8 @@ def rerank_options(fn: Callable) -> Callable:
             )
         elif explain:
             raise click.UsageError("--explain shows the fine stage's numbers: add --rerank")
+        elif rerank_k is not None:
+            raise click.UsageError("--rerank-k is the rerank depth: add --rerank")
         return fn(*args, rerank=request, **kwargs)
 
     options = [
@@ -96,6 +110,12 @@ def rerank_options(fn: Callable) -> Callable:
             is_flag=True,
             help=f"Rescore the coarse top-k with a VLM (RetLLM fine stage; k defaults to "
             f"{DEFAULT_RERANK_K}).",
+        ),
+        click.option(
+            "--rerank-k",
+            type=click.IntRange(min=1),
+            help=f"How many coarse results the VLM reranks (default {DEFAULT_RERANK_K}, the paper's); "
+            "-k sets how many are shown.",
         ),
         vlm_model_option,
         mmproj_option,
@@ -109,10 +129,9 @@ def rerank_options(fn: Callable) -> Callable:
         click.option(
             "--gate",
             type=click.FloatRange(0, 1),
-            default=GATE_DEFAULT,
-            show_default=True,
-            help="Entropy threshold of --enhance gated (normalised top-10 entropy).",
+            help=f"Threshold of --enhance gated on --gate-signal.  [default: {GATE_DEFAULT}]",
         ),
+        gate_signal_option,
         rule_option,
         click.option(
             "--fusion",

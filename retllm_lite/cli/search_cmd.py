@@ -28,7 +28,8 @@ from .view import view_options
     "--top",
     "k",
     type=click.IntRange(min=1),
-    help="Number of results (default 10; with --rerank, the coarse top-k to rerank: 5).",
+    help="Number of results (default 10; with --rerank, the --rerank-k depth). Beyond the "
+    "reranked ones, coarse results follow in CLIP order.",
 )
 @click.option("--threshold", type=float, help="Drop results scoring below this cosine similarity.")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable).")
@@ -71,13 +72,16 @@ def search_cmd(
         from ..models.pull import ensure_clip
 
         clip_model = ensure_clip(clip_model, offline=offline, announce=announce)
-    scorer = rerank.scorer(offline, announce) if rerank is not None else None
-    try:
-        with Retriever.open(index_path, clip_model=clip_model, variant=variant, scorer=scorer) as retriever:
+    scorer = None
+    # the index (and its CLIP model) first: a missing index must not cost loading a VLM
+    with Retriever.open(index_path, clip_model=clip_model, variant=variant) as retriever:
+        try:
+            if rerank is not None:
+                retriever.scorer = scorer = rerank.scorer(offline, announce)
             hits = retriever.search(
                 text=text,
                 image=image,
-                k=k or 10,
+                k=k or (rerank.options.k if rerank is not None else 10),
                 image_weight=image_weight,
                 threshold=threshold,
                 include=include,
@@ -85,20 +89,27 @@ def search_cmd(
                 modality=modality,
                 rerank=rerank.options if rerank is not None else None,
             )
-    finally:
-        if scorer is not None:
-            scorer.close()
+        finally:
+            if scorer is not None:
+                scorer.close()
     if view.show(hits, output_format, text=text, image=image, image_weight=image_weight):
         return
     rows = [h.to_dict() for h in hits]
     if output_format in ("json", "nl"):
         emit_json(rows, output_format)
     elif output_format == "paths":
-        emit_paths([h.path or h.text or "" for h in hits])
+        emit_paths([_path_or_id(h) for h in hits])
     elif rows:
         emit_table(table_rows(hits), table_columns(hits, explain=rerank is not None and rerank.explain))
     else:
         click.echo("No results.", err=True)
+
+
+def _path_or_id(hit) -> str:
+    """What --paths prints: the file, or a caption's id (a caption is not a path)."""
+    if hit.path:
+        return hit.path
+    return str(hit.item_id if hit.item_id is not None else hit.id)
 
 
 def _describe(hit) -> str:
