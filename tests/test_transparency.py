@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
+import subprocess
+import sys
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageFont
 
 from clip_fixtures import draw_photo
+from retllm_lite.cli import cli
 from retllm_lite.encode import load_encoder
 from retllm_lite.encode.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, load_image, preprocess
 from retllm_lite.index.indexer import Indexer
 from retllm_lite.index.store import Index
+from retllm_lite.pil_warnings import recorded
 from retllm_lite.pipeline import Retriever
 from retllm_lite.rerank.images import load_rgb
 from retllm_lite.thumbnails import jpeg_data_uri, make_thumbnail
@@ -147,6 +155,7 @@ def test_palette_png_is_composited_without_a_warning(tmp_path):
         pixels = preprocess(loaded.image, cfg)
         rgb = load_rgb(path)
         thumb = np.asarray(make_thumbnail(path, 64))
+    assert loaded.warnings == []
     assert np.allclose(pixels[:, :, :32], WHITE_NORMALISED[:, None, None], atol=1e-6)  # transparent: white
     red = (np.asarray([1.0, 0.0, 0.0], np.float32) - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(
         OPENAI_STD, np.float32
@@ -203,3 +212,69 @@ def test_thumbnails_and_previews_show_transparency_as_white(tmp_path):
     assert drawn, "no image drawn"
     shown = np.asarray(drawn[0][1].convert("RGB"))
     assert shown[:4, :4].min() > 240
+
+
+# ---- Pillow's warnings ------------------------------------------------------------------
+
+
+def _bad_exif_jpeg(path: Path) -> Path:
+    """A JPEG whose EXIF names a tag with data past its end: Pillow warns, and reads the image."""
+    import struct
+
+    entry = struct.pack("<HHII", 0x010E, 2, 400, 5000)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
+    draw_photo(21).save(path, "JPEG", quality=90, exif=b"Exif\x00\x00" + tiff)
+    return path
+
+
+def test_recorded_warnings_stay_in_their_thread():
+    inside, done = threading.Barrier(3), threading.Barrier(3)
+    got: dict[str, list[str]] = {}
+
+    def work(name: str) -> None:
+        with recorded() as messages:
+            inside.wait()
+            for _ in range(2):  # every time, not once per location
+                warnings.warn_explicit(f"from {name}", UserWarning, "x.py", 1, module="PIL.Fake")
+            done.wait()
+        got[name] = messages
+
+    with pytest.warns(UserWarning) as seen:
+        threads = [threading.Thread(target=work, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        inside.wait()  # both threads are inside recorded(): this thread is not
+        warnings.warn_explicit("from main", UserWarning, "y.py", 1, module="PIL.Fake")
+        done.wait()
+        for t in threads:
+            t.join()
+    assert got == {"a": ["UserWarning: from a"] * 2, "b": ["UserWarning: from b"] * 2}
+    assert [str(w.message) for w in seen] == ["from main"]  # shown as usual, not swallowed
+
+
+def test_index_prints_no_pillow_warning_and_records_it_on_the_item(tiny_clip_dir, tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    palette_png(root / "palette.png")
+    exif = _bad_exif_jpeg(root / "bad-exif.jpg")
+    draw_photo(22).save(root / "plain.jpg", quality=90)
+    index_dir = tmp_path / "idx"
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    command = [sys.executable, "-m", "retllm_lite", "index", str(root), "--index", str(index_dir)]
+    command += ["--clip-model", str(tiny_clip_dir), "--progress", "--workers", "2"]
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr and "Palette images" not in proc.stderr, proc.stderr
+    assert "1 indexed with a decoder warning" in proc.stderr
+    res = CliRunner().invoke(cli, ["index", "--errors", "--index", str(index_dir), "--json"])
+    rows = json.loads(res.stdout)
+    assert [r["path"] for r in rows] == [str(exif)]
+    assert "Tag data larger than file" in rows[0]["reason"] and "\n" not in rows[0]["reason"]
+    with Index.open(index_dir) as idx:
+        assert idx.catalog.counts()["image:ok"] == 3

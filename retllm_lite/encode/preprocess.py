@@ -7,7 +7,7 @@ transparent pixels is first composited onto white (``transparency.py``), where o
 would drop its alpha channel. ``load_image`` adds what open_clip leaves to the caller:
 EXIF orientation and, for JPEG, a reduced-size decode (``Image.draft``) that keeps at
 least ``draft_factor`` times the target resolution; ``draft_factor=None`` decodes at
-full size.
+full size. Pillow's warnings while decoding are returned with the image, not printed.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..pil_warnings import recorded
 from ..transparency import flatten_transparency
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -99,6 +99,7 @@ class LoadedImage:
     height: int
     format: str | None = None
     info: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what Pillow warned about, one line each
 
 
 class ImageLoadError(Exception):
@@ -144,7 +145,8 @@ def load_image(
 
     With ``target_size`` and ``draft_factor``, a JPEG is decoded at the smallest DCT scale
     (1/2, 1/4, 1/8) that keeps its short side >= draft_factor * target_size.
-    Raises ImageLoadError with a one-line reason for anything unreadable.
+    Raises ImageLoadError with a one-line reason for anything unreadable. What Pillow
+    warns about meanwhile is in ``LoadedImage.warnings``, not printed.
     """
     if isinstance(source, Image.Image):
         img = source
@@ -152,8 +154,7 @@ def load_image(
         width, height = img.size
         return LoadedImage(img, width, height, img.format)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with recorded(raise_for=(Image.DecompressionBombWarning,)) as caught:
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
             width, height = img.size
             fmt = img.format
@@ -177,7 +178,7 @@ def load_image(
         raise ImageLoadError(f"cannot decode image: {exc}") from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return LoadedImage(img, width, height, fmt)
+    return LoadedImage(img, width, height, fmt, warnings=caught)
 
 
 def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:

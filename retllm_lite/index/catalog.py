@@ -97,7 +97,7 @@ class ItemRow:
     width: int | None
     height: int | None
     status: str
-    error: str | None
+    error: str | None  # status 'error': why; status 'ok': what the decoder warned about, if anything
     vector_label: int | None
     vec_seq: int | None
     updated_at: float
@@ -286,6 +286,12 @@ class Catalog:
             yield from self._rows(f"SELECT {_COLUMNS} FROM items WHERE status=? ORDER BY id", (status,))
         else:
             yield from self._rows(f"SELECT {_COLUMNS} FROM items ORDER BY id")
+
+    def warned_items(self) -> Iterator[ItemRow]:
+        """Indexed items whose decoder warned (the warning is in ``error``)."""
+        yield from self._rows(
+            f"SELECT {_COLUMNS} FROM items WHERE status='ok' AND error IS NOT NULL ORDER BY id"
+        )
 
     def vector_for_fingerprint(self, fingerprint: str, modality: str) -> tuple[int, bytes] | None:
         """(item id, vector bytes) of an embedded item with this content, if any."""

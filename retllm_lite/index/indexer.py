@@ -33,6 +33,7 @@ import numpy as np
 from ..encode.base import Encoder, normalize
 from ..encode.preprocess import ImageLoadError
 from ..fingerprint import fingerprint_bytes
+from ..pil_warnings import recorded
 from .collections import CollectionItem, LineProblem, item_key, read_collection
 from .scan import FileEntry, Skipped, scan
 from .store import Index
@@ -46,6 +47,7 @@ class IndexReport:
     moved: int = 0
     copied: int = 0
     touched: int = 0  # same content, new mtime: nothing re-embedded
+    warned: int = 0  # indexed, but the decoder warned (recorded on the item)
     removed: int = 0
     failed: int = 0
     skipped: int = 0
@@ -64,6 +66,7 @@ class IndexReport:
             "moved",
             "copied",
             "touched",
+            "warned",
             "removed",
             "failed",
             "skipped",
@@ -88,6 +91,7 @@ class IndexReport:
             "moved": self.moved,
             "copied": self.copied,
             "touched": self.touched,
+            "warned": self.warned,
             "removed": self.removed,
             "failed": self.failed,
             "skipped": self.skipped,
@@ -107,6 +111,11 @@ class _Loaded:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    warning: str | None = None  # what the decoder warned about (one line), for an ok image
+
+
+def _warning_line(messages: list[str]) -> str | None:
+    return "; ".join(dict.fromkeys(messages))[:300] if messages else None
 
 
 def _text_fingerprint(text: str) -> str:
@@ -168,9 +177,11 @@ class Indexer:
         if out.fingerprint in known:
             return out  # content already embedded: link it, no decode
         try:
-            loaded = self.encoder.load_image(data)
-            out.pixels = self.encoder.preprocess(loaded.image)
+            with recorded() as caught:  # not printed between progress lines
+                loaded = self.encoder.load_image(data)
+                out.pixels = self.encoder.preprocess(loaded.image)
             out.width, out.height = loaded.width, loaded.height
+            out.warning = _warning_line(loaded.warnings + caught)
         except ImageLoadError as exc:
             out.error = str(exc)
         except Exception as exc:  # a decoder bug must not stop the run
@@ -342,9 +353,16 @@ class Indexer:
                         continue
                     vec = self.encoder.embed_pixels(reloaded.pixels[None])[0]
                     cat.upsert_item(
-                        seq, vec, **base, status="ok", width=reloaded.width, height=reloaded.height
+                        seq,
+                        vec,
+                        **base,
+                        status="ok",
+                        error=reloaded.warning,
+                        width=reloaded.width,
+                        height=reloaded.height,
                     )
                     counts["indexed"] += 1
+                    counts["warned"] += int(reloaded.warning is not None)
                     continue
                 twin = cat.get(found[0])
                 cat.upsert_item(
@@ -371,8 +389,10 @@ class Indexer:
                     width=item.width,
                     height=item.height,
                     status="ok",
+                    error=item.warning,
                 )
                 counts["indexed"] += 1
+                counts["warned"] += int(item.warning is not None)
         # only after the commit: the counts describe durable state
         for key, n in counts.items():
             setattr(report, key, getattr(report, key) + n)
@@ -515,10 +535,12 @@ class Indexer:
                         vec,
                         **fields,
                         status="ok",
+                        error=p.loaded.warning,
                         fingerprint=fp,
                         width=p.loaded.width,
                         height=p.loaded.height,
                     )
+                    counts["warned"] += int(p.loaded.warning is not None)
                 else:
                     self.catalog.upsert_item(
                         seq,

@@ -212,12 +212,21 @@ class Index:
     def errors(self) -> Iterator[tuple[str, str]]:
         """(path, reason) for every file that could not be indexed and every path skipped."""
         for row in self.catalog.all_items(status="error"):
-            yield (os.fsdecode(row.path) if row.path else row.key.decode("utf-8", "replace")), row.error or ""
+            yield _shown(row), row.error or ""
         for path, _source, reason in self.catalog.skipped():
             yield os.fsdecode(path), reason
+
+    def warnings(self) -> Iterator[tuple[str, str]]:
+        """(path, what the decoder warned about) for indexed files that drew a warning."""
+        for row in self.catalog.warned_items():
+            yield _shown(row), row.error or ""
 
     def update_ann(self, progress=None) -> str:
         info = self.encoder_info()
         if info is None:
             return "none"
         return update_snapshot(self.catalog, self.directory, info.dim, self.ann_threshold, progress)
+
+
+def _shown(row: ItemRow) -> str:
+    return os.fsdecode(row.path) if row.path else row.key.decode("utf-8", "replace")
