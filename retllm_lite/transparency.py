@@ -19,6 +19,10 @@ from PIL import Image
 # hide the many dark glyphs and line drawings drawn for light pages.)
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 
+# What an index records (meta ``encoder.pixels``) once its vectors were computed this way;
+# change it whenever ``flatten_transparency`` changes what the encoders see.
+PIXELS_VERSION = "alpha-white-v1"
+
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
 
 

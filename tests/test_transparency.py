@@ -26,12 +26,12 @@ from retllm_lite.cli import cli
 from retllm_lite.encode import load_encoder
 from retllm_lite.encode.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig, load_image, preprocess
 from retllm_lite.index.indexer import Indexer
-from retllm_lite.index.store import Index
+from retllm_lite.index.store import PIXELS_KEY, Index
 from retllm_lite.pil_warnings import recorded
 from retllm_lite.pipeline import Retriever
 from retllm_lite.rerank.images import load_rgb
 from retllm_lite.thumbnails import jpeg_data_uri, make_thumbnail
-from retllm_lite.transparency import flatten_transparency
+from retllm_lite.transparency import PIXELS_VERSION, flatten_transparency
 
 GLYPHS = "0CLX7"
 WHITE_NORMALISED = (1.0 - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(OPENAI_STD, np.float32)
@@ -278,3 +278,124 @@ def test_index_prints_no_pillow_warning_and_records_it_on_the_item(tiny_clip_dir
     assert "Tag data larger than file" in rows[0]["reason"] and "\n" not in rows[0]["reason"]
     with Index.open(index_dir) as idx:
         assert idx.catalog.counts()["image:ok"] == 3
+
+
+# ---- an index made before compositing ---------------------------------------------------
+
+
+def _make_old(index_dir: Path, encoder, transparent: list[Path]) -> None:
+    """What the code before this change left: alpha dropped by convert('RGB'), no pixels key."""
+    with Index.open(index_dir, writable=True) as idx, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the old convert('RGB') of the palette PNG warns
+        cat = idx.catalog
+        with cat.transaction() as seq:
+            for path in transparent:
+                flat = Image.open(path).convert("RGB")
+                flat.info.pop("transparency", None)  # an RGB colour key survives convert('RGB')
+                old = encoder.embed_pixels(encoder.preprocess(flat)[None])[0]
+                cat.replace_vector(cat.by_key(os.fsencode(path)).id, seq, old)
+        with cat.transaction(bump=False):
+            cat.db.execute("DELETE FROM meta WHERE key=?", (PIXELS_KEY,))
+
+
+def _state(index_dir: Path) -> dict[str, tuple[int, bytes]]:
+    with Index.open(index_dir) as idx:
+        rows = idx.catalog.db.execute(
+            "SELECT items.path, items.vec_seq, vectors.vec FROM items JOIN vectors ON vectors.id = items.id"
+        ).fetchall()
+    return {os.fsdecode(p): (seq, vec) for p, seq, vec in rows}
+
+
+def test_old_index_reembeds_exactly_its_transparent_images(fp32, tmp_path):
+    files = glyph_folder(tmp_path / "imgs")
+    index_dir = tmp_path / "idx"
+    first = run_index(index_dir, fp32, tmp_path / "imgs")
+    assert first.indexed == 11 and first.reembedded == 0
+    with Index.open(index_dir) as idx:
+        assert idx.pixels_version() == PIXELS_VERSION and not idx.pixels_outdated()
+    fresh = _state(index_dir)
+
+    _make_old(index_dir, fp32, files["transparent"])
+    old = _state(index_dir)
+    glyph_vecs = {old[str(p)][1] for p in files["transparent"][: len(GLYPHS)]}
+    assert len(glyph_vecs) == 1  # the flaw: every alpha-only glyph was the same blank square
+    with Index.open(index_dir) as idx:
+        assert idx.pixels_version() is None and idx.pixels_outdated()
+    res = CliRunner().invoke(
+        cli, ["search", "--image", str(files["transparent"][0]), "--index", str(index_dir), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if "retllm index" in line]
+    assert len(notes) == 1 and "transparent" in notes[0]
+
+    report = run_index(index_dir, fp32, tmp_path / "imgs")
+    assert (report.reembedded, report.indexed, report.unchanged) == (7, 0, 11)
+    new = _state(index_dir)
+    for path in files["opaque"]:  # not re-embedded: same vector, same change sequence
+        assert new[str(path)] == old[str(path)], path.name
+    for path in files["transparent"]:
+        assert new[str(path)][0] > old[str(path)][0], path.name
+        got, want = (np.frombuffer(s[str(path)][1], np.float32) for s in (new, fresh))
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=path.name)
+    with Index.open(index_dir) as idx:
+        assert idx.pixels_version() == PIXELS_VERSION and not idx.pixels_outdated()
+    res = CliRunner().invoke(
+        cli, ["search", "--image", str(files["transparent"][0]), "--index", str(index_dir), "--json"]
+    )
+    assert "retllm index" not in res.stderr
+    assert json.loads(res.stdout)[0]["path"] == str(files["transparent"][0])
+
+    again = run_index(index_dir, fp32, tmp_path / "imgs")
+    assert again.reembedded == 0 and _state(index_dir) == new
+
+
+def test_interrupted_refresh_is_redone_and_leaves_a_sound_index(fp32, tmp_path):
+    files = glyph_folder(tmp_path / "imgs")
+    index_dir = tmp_path / "idx"
+    run_index(index_dir, fp32, tmp_path / "imgs")
+    _make_old(index_dir, fp32, files["transparent"])
+    stages = []
+
+    def interrupt_while_checking(stage, done, total):
+        stages.append(stage)
+        if stage == "pixels" and done >= 4:
+            raise KeyboardInterrupt
+
+    report = run_index(index_dir, fp32, tmp_path / "imgs", batch_size=2, progress=interrupt_while_checking)
+    assert report.interrupted and "embed" not in stages
+    assert 0 < report.reembedded < 7
+    with Index.open(index_dir) as idx:
+        assert idx.pixels_version() is None  # not recorded: the next run checks again
+        db = idx.catalog.db
+        assert db.execute("SELECT COUNT(*) FROM items WHERE status='ok'").fetchone()[0] == 11
+        assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 11
+
+    report = run_index(index_dir, fp32, tmp_path / "imgs")
+    assert not report.interrupted and report.reembedded == 7
+    with Index.open(index_dir) as idx:
+        assert idx.pixels_version() == PIXELS_VERSION
+    with Retriever(Index.open(index_dir), fp32) as r:
+        for path in files["transparent"][: len(GLYPHS)]:
+            assert r.search(image=path, k=1)[0].path == str(path)
+
+
+def test_files_that_cannot_be_checked_keep_the_index_marked_old(fp32, tmp_path):
+    files = glyph_folder(tmp_path / "imgs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    glyph("Q").save(elsewhere / "glyph-Q.png")
+    index_dir = tmp_path / "idx"
+    run_index(index_dir, fp32, tmp_path / "imgs")
+    run_index(index_dir, fp32, elsewhere)
+    _make_old(index_dir, fp32, [*files["transparent"], elsewhere / "glyph-Q.png"])
+    (elsewhere / "glyph-Q.png").unlink()  # gone, in a folder this run does not index
+
+    report = run_index(index_dir, fp32, tmp_path / "imgs")
+    assert (report.reembedded, report.unchecked) == (7, 1)
+    with Index.open(index_dir) as idx:
+        assert idx.pixels_version() is None and idx.pixels_outdated()
+
+    report = run_index(index_dir, fp32, elsewhere)  # drops the gone file: now all can be checked
+    assert report.removed == 1 and report.unchecked == 0
+    with Index.open(index_dir) as idx:
+        assert idx.pixels_version() == PIXELS_VERSION

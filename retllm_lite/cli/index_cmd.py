@@ -162,6 +162,8 @@ def _built_with(index_path):
 
 def _print_report(report, directory: Path) -> None:
     parts = [f"{report.indexed} indexed"]
+    if report.reembedded:
+        parts.append(f"{report.reembedded} re-embedded (transparency now composited onto white)")
     for name in ("moved", "copied", "touched", "removed"):
         n = getattr(report, name)
         if n:
@@ -174,6 +176,12 @@ def _print_report(report, directory: Path) -> None:
     if problems:
         why = ", ".join(f"{n} {reason}" for reason, n in report.reasons.most_common())
         click.echo(f"{problems} not indexed: {why}. List them with: retllm index --errors", err=True)
+    if report.unchecked:
+        click.echo(
+            f"{report.unchecked} images could not be checked for transparency (gone, changed or unreadable "
+            "in folders not indexed now); the next 'retllm index' checks again",
+            err=True,
+        )
     if report.warned:
         click.echo(
             f"{report.warned} indexed with a decoder warning. List them with: retllm index --errors", err=True

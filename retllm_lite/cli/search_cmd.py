@@ -74,6 +74,12 @@ def search_cmd(
     scorer = rerank.scorer(offline, announce) if rerank is not None else None
     try:
         with Retriever.open(index_path, clip_model=clip_model, variant=variant, scorer=scorer) as retriever:
+            if retriever.index.pixels_outdated():
+                click.echo(
+                    "note: this index predates compositing transparent images onto white; "
+                    "run 'retllm index FOLDER' again to re-embed them",
+                    err=True,
+                )
             hits = retriever.search(
                 text=text,
                 image=image,

@@ -371,6 +371,15 @@ class Catalog:
             self._drop_vector(item_id, seq)
         return item_id
 
+    def replace_vector(self, item_id: int, seq: int, vector: np.ndarray) -> None:
+        """A new vector for an item whose content did not change (the way pixels are made did)."""
+        blob = np.asarray(vector, np.float32).tobytes()
+        self.db.execute("INSERT OR REPLACE INTO vectors(id, vec) VALUES(?, ?)", (item_id, blob))
+        self.db.execute(
+            "UPDATE items SET vector_label=?, vec_seq=?, updated_at=? WHERE id=?",
+            (item_id, seq, time.time(), item_id),
+        )
+
     def move_item(
         self, item_id: int, new_key: bytes, new_path: bytes, source: str, size: int, mtime_ns: int
     ) -> None:
