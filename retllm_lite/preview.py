@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from .display import printable
 from .errors import MissingDependency, require
 from .thumbnails import ImageLoadError, make_thumbnail
+from .transparency import flatten_transparency
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -158,7 +159,7 @@ class ThumbnailEncoder:
 
     def encode(self, img: Image.Image) -> bytes:
         chafa = self._chafa
-        rgb = img.convert("RGB")
+        rgb = flatten_transparency(img).convert("RGB")
         cfg = chafa.CanvasConfig()
         cfg.pixel_mode = self._mode
         cfg.cell_width, cfg.cell_height = self.cell_px

@@ -2,7 +2,8 @@
 
 Decoding goes through ``encode.preprocess.load_image``: EXIF orientation is applied
 (a phone photo shows upright) and a JPEG is decoded at a reduced DCT scale when it
-is much larger than the thumbnail.
+is much larger than the thumbnail. Transparent areas become white
+(``transparency.flatten_transparency``), as the encoders see them.
 """
 
 from __future__ import annotations
@@ -14,19 +15,9 @@ import os
 from PIL import Image
 
 from .encode.preprocess import ImageLoadError, load_image
+from .transparency import flatten_transparency
 
 __all__ = ["ImageLoadError", "jpeg_data_uri", "make_thumbnail"]
-
-
-def _flatten_rgb(img: Image.Image) -> Image.Image:
-    """RGB for JPEG and terminals; transparent areas become white."""
-    transparent = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-    if not transparent:
-        return img.convert("RGB")
-    rgba = img.convert("RGBA")
-    out = Image.new("RGB", rgba.size, (255, 255, 255))
-    out.paste(rgba, mask=rgba.getchannel("A"))
-    return out
 
 
 def make_thumbnail(source: str | os.PathLike | bytes | Image.Image, max_px: int = 256) -> Image.Image:
@@ -41,14 +32,14 @@ def make_thumbnail(source: str | os.PathLike | bytes | Image.Image, max_px: int 
     # draft_factor=1: a JPEG is decoded at the smallest scale whose short side >= max_px,
     # which is always enough for a thumbnail that fits max_px on its long side.
     img = load_image(source, target_size=max_px, draft_factor=1.0).image
-    img = _flatten_rgb(img)
+    img = flatten_transparency(img).convert("RGB")
     if max(img.size) > max_px:
         img.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
     return img
 
 
 def jpeg_data_uri(img: Image.Image, quality: int = 82) -> str:
-    """``data:image/jpeg;base64,...`` for embedding an RGB image in a page."""
+    """``data:image/jpeg;base64,...`` for embedding an image in a page (transparency: white)."""
     buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=quality, optimize=True)
+    flatten_transparency(img).convert("RGB").save(buf, format="JPEG", quality=quality, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

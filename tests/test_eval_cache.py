@@ -14,6 +14,7 @@ from retllm_lite.eval.cache import EvalCache, image_key, text_key
 from retllm_lite.integrity import file_sha256
 from retllm_lite.rerank.logits import ChoiceProbs
 from retllm_lite.rerank.scorer import PassScores
+from retllm_lite.transparency import PIXELS_VERSION
 
 
 def test_file_sha256_is_remembered_until_the_file_changes(tmp_path):
@@ -76,4 +77,6 @@ def test_an_unwritable_cache_is_one_clear_error(tmp_path):
 
 def test_keys_tell_images_from_texts():
     assert text_key("a dog") != text_key("a dog ") and text_key("x").startswith("t:")
-    assert image_key("abc") == "i:abc"
+    assert image_key("abc").startswith("i:") and image_key("abc").endswith(":abc")
+    # what was cached before transparency was composited is not reused
+    assert image_key("abc") != "i:abc" and PIXELS_VERSION in image_key("abc")

@@ -106,7 +106,11 @@ class Bars:
 
         bar = self.bars.get(stage)
         if bar is None:
-            desc, unit = {"embed": ("indexing", "img"), "ann": ("ANN index", "vec")}.get(stage, (stage, "it"))
+            desc, unit = {
+                "embed": ("indexing", "img"),
+                "ann": ("ANN index", "vec"),
+                "pixels": ("checking transparency", "img"),
+            }.get(stage, (stage, "it"))
             bar = self.bars[stage] = tqdm(
                 total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True
             )

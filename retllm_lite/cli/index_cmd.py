@@ -32,7 +32,12 @@ from .output import emit_json, emit_table, output_options
 @click.option("--hidden", is_flag=True, help="Also index hidden files and folders (.name).")
 @click.option("--retry-errors", is_flag=True, help="Try files that failed before, even if unchanged.")
 @click.option("--wait", type=float, default=0.0, help="Wait this many seconds for another indexer to finish.")
-@click.option("--errors", "list_errors", is_flag=True, help="List what could not be indexed, and stop.")
+@click.option(
+    "--errors",
+    "list_errors",
+    is_flag=True,
+    help="List what could not be indexed (and decoder warnings about what was), and stop.",
+)
 @click.option(
     "--texts",
     multiple=True,
@@ -83,6 +88,7 @@ def index_cmd(
     if list_errors:
         with Index.open(index_path) as idx:
             rows = [{"path": p, "reason": r} for p, r in idx.errors()]
+            rows += [{"path": p, "reason": f"indexed, with a warning: {w}"} for p, w in idx.warnings()]
         if output_format in ("json", "nl"):
             emit_json(rows, output_format)
         elif rows:
@@ -156,6 +162,8 @@ def _built_with(index_path):
 
 def _print_report(report, directory: Path) -> None:
     parts = [f"{report.indexed} indexed"]
+    if report.reembedded:
+        parts.append(f"{report.reembedded} re-embedded (transparency now composited onto white)")
     for name in ("moved", "copied", "touched", "removed"):
         n = getattr(report, name)
         if n:
@@ -168,3 +176,13 @@ def _print_report(report, directory: Path) -> None:
     if problems:
         why = ", ".join(f"{n} {reason}" for reason, n in report.reasons.most_common())
         click.echo(f"{problems} not indexed: {why}. List them with: retllm index --errors", err=True)
+    if report.unchecked:
+        click.echo(
+            f"{report.unchecked} images could not be checked for transparency (gone, changed or unreadable "
+            "in folders not indexed now); the next 'retllm index' checks again",
+            err=True,
+        )
+    if report.warned:
+        click.echo(
+            f"{report.warned} indexed with a decoder warning. List them with: retllm index --errors", err=True
+        )

@@ -75,6 +75,12 @@ def search_cmd(
     scorer = None
     # the index (and its CLIP model) first: a missing index must not cost loading a VLM
     with Retriever.open(index_path, clip_model=clip_model, variant=variant) as retriever:
+        if retriever.index.pixels_outdated():
+            click.echo(
+                "note: this index predates compositing transparent images onto white; "
+                "run 'retllm index FOLDER' again to re-embed them",
+                err=True,
+            )
         try:
             if rerank is not None:
                 retriever.scorer = scorer = rerank.scorer(offline, announce)

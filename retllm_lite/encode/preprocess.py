@@ -2,10 +2,12 @@
 
 ``preprocess`` reproduces open_clip's eval transform bit for bit: the same PIL calls
 in the same order (resize on the image's own mode, centre crop with torchvision's
-rounding, convert to RGB, /255, normalise in float32). ``load_image`` adds what
-open_clip leaves to the caller: EXIF orientation and, for JPEG, a reduced-size
-decode (``Image.draft``) that keeps at least ``draft_factor`` times the target
-resolution; ``draft_factor=None`` decodes at full size.
+rounding, convert to RGB, /255, normalise in float32). The one departure: an image with
+transparent pixels is first composited onto white (``transparency.py``), where open_clip
+would drop its alpha channel. ``load_image`` adds what open_clip leaves to the caller:
+EXIF orientation and, for JPEG, a reduced-size decode (``Image.draft``) that keeps at
+least ``draft_factor`` times the target resolution; ``draft_factor=None`` decodes at
+full size. Pillow's warnings while decoding are returned with the image, not printed.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import io
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ..pil_warnings import recorded
+from ..transparency import flatten_transparency
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -95,6 +99,7 @@ class LoadedImage:
     height: int
     format: str | None = None
     info: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what Pillow warned about, one line each
 
 
 class ImageLoadError(Exception):
@@ -108,13 +113,19 @@ def _to_standard_mode(img: Image.Image) -> Image.Image:
     """Map modes PIL cannot resize or convert sensibly (16-bit, float) to 8-bit L.
 
     open_clip's ``convert("RGB")`` clips 16-bit values to 255 (a white image); we scale
-    instead. 8-bit modes (L, LA, P, RGB, RGBA, CMYK, YCbCr) are left to ``preprocess``
-    so that it matches open_clip exactly.
+    instead, and a transparent grey level (PNG tRNS) becomes an alpha band (LA). 8-bit
+    modes (L, LA, P, RGB, RGBA, CMYK, YCbCr) are left to ``preprocess`` so that it
+    matches open_clip exactly.
     """
     if img.mode in _SIXTEEN_BIT:
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
-        return Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        grey = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        transparent = img.info.get("transparency")
+        if not isinstance(transparent, int):
+            return grey
+        alpha = Image.fromarray(np.where(arr == transparent, 0, 255).astype(np.uint8), "L")
+        return Image.merge("LA", (grey, alpha))
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
@@ -134,7 +145,8 @@ def load_image(
 
     With ``target_size`` and ``draft_factor``, a JPEG is decoded at the smallest DCT scale
     (1/2, 1/4, 1/8) that keeps its short side >= draft_factor * target_size.
-    Raises ImageLoadError with a one-line reason for anything unreadable.
+    Raises ImageLoadError with a one-line reason for anything unreadable. What Pillow
+    warns about meanwhile is in ``LoadedImage.warnings``, not printed.
     """
     if isinstance(source, Image.Image):
         img = source
@@ -142,8 +154,7 @@ def load_image(
         width, height = img.size
         return LoadedImage(img, width, height, img.format)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with recorded(raise_for=(Image.DecompressionBombWarning,)) as caught:
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
             width, height = img.size
             fmt = img.format
@@ -167,7 +178,7 @@ def load_image(
         raise ImageLoadError(f"cannot decode image: {exc}") from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return LoadedImage(img, width, height, fmt)
+    return LoadedImage(img, width, height, fmt, warnings=caught)
 
 
 def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
@@ -197,7 +208,12 @@ def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
 
 
 def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """PIL image -> float32 array [3, size, size], normalised as the tower expects."""
+    """PIL image -> float32 array [3, size, size], normalised as the tower expects.
+
+    Transparent pixels are composited onto white first; an image without any keeps
+    exactly open_clip's (or the HF processor's) path.
+    """
+    img = flatten_transparency(img)
     if cfg.rgb_first:
         img = img.convert("RGB")
     img = _resize_crop(img, cfg).convert("RGB")

@@ -1,9 +1,10 @@
 """What ``retllm eval`` keeps between runs, in one SQLite file (``<cache>/eval/cache.sqlite3``).
 
-* CLIP vectors, per image (content fingerprint) or caption (text hash) and encoder
-  (``EncoderInfo.key``): a re-run embeds nothing it has embedded before, and each item's
-  vector is the one it got the first time (int8 towers depend a little on batch
-  neighbours), so re-runs rank the same.
+* CLIP vectors, per image (content fingerprint and ``transparency.PIXELS_VERSION``, the
+  way files become pixels) or caption (text hash) and encoder (``EncoderInfo.key``): a
+  re-run embeds nothing it has embedded before, and each item's vector is the one it got
+  the first time (int8 towers depend a little on batch neighbours), so re-runs rank the
+  same. Image keys also key the VLM scores below.
 * VLM pair scores (P(True), P(False), entropy) per (namespace, query, candidate), the
   namespace naming the model and projector (sha256), the prompt and the pass (plain or
   with the image inserted again): another configuration reuses every score it shares.
@@ -26,6 +27,7 @@ from retllm_lite.fingerprint import fingerprint_bytes
 from retllm_lite.paths import cache_dir
 from retllm_lite.rerank.logits import ChoiceProbs
 from retllm_lite.rerank.scorer import PassScores
+from retllm_lite.transparency import PIXELS_VERSION
 
 SCHEMA_VERSION = 2  # 2: pair_scores.vocab_entropy
 _CHUNK = 500  # keys per IN (...) query, below SQLite's variable limit
@@ -54,7 +56,8 @@ def text_key(text: str) -> str:
 
 
 def image_key(fingerprint: str) -> str:
-    return "i:" + fingerprint
+    """An image's key for vectors and VLM scores: its content, and how it became pixels."""
+    return f"i:{PIXELS_VERSION}:{fingerprint}"
 
 
 class EvalCache:

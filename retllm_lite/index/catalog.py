@@ -97,7 +97,7 @@ class ItemRow:
     width: int | None
     height: int | None
     status: str
-    error: str | None
+    error: str | None  # status 'error': why; status 'ok': what the decoder warned about, if anything
     vector_label: int | None
     vec_seq: int | None
     updated_at: float
@@ -287,6 +287,12 @@ class Catalog:
         else:
             yield from self._rows(f"SELECT {_COLUMNS} FROM items ORDER BY id")
 
+    def warned_items(self) -> Iterator[ItemRow]:
+        """Indexed items whose decoder warned (the warning is in ``error``)."""
+        yield from self._rows(
+            f"SELECT {_COLUMNS} FROM items WHERE status='ok' AND error IS NOT NULL ORDER BY id"
+        )
+
     def vector_for_fingerprint(self, fingerprint: str, modality: str) -> tuple[int, bytes] | None:
         """(item id, vector bytes) of an embedded item with this content, if any."""
         return self.db.execute(
@@ -364,6 +370,15 @@ class Catalog:
         elif existing is not None and existing.vector_label is not None:
             self._drop_vector(item_id, seq)
         return item_id
+
+    def replace_vector(self, item_id: int, seq: int, vector: np.ndarray) -> None:
+        """A new vector for an item whose content did not change (the way pixels are made did)."""
+        blob = np.asarray(vector, np.float32).tobytes()
+        self.db.execute("INSERT OR REPLACE INTO vectors(id, vec) VALUES(?, ?)", (item_id, blob))
+        self.db.execute(
+            "UPDATE items SET vector_label=?, vec_seq=?, updated_at=? WHERE id=?",
+            (item_id, seq, time.time(), item_id),
+        )
 
     def move_item(
         self, item_id: int, new_key: bytes, new_path: bytes, source: str, size: int, mtime_ns: int

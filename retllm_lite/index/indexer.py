@@ -11,8 +11,10 @@ How a run goes:
    describe it, in one SQLite transaction. Content already in the index is linked
    instead: a file whose old path vanished is a *move* (its row and vector keep their
    label), otherwise a *copy* (the vector bytes are copied).
-4. At the end, rows under the scanned folders that were not seen are deleted and the
-   ANN snapshot is brought up to date.
+4. At the end, rows under the scanned folders that were not seen are deleted. An index
+   made before the current way of turning files into pixels
+   (``transparency.PIXELS_VERSION``) re-embeds its images with transparency, once
+   (``pixels_refresh.py``). Then the ANN snapshot is brought up to date.
 
 Interrupting (Ctrl-C, SIGTERM, SIGKILL, power loss) loses at most the batch in flight:
 every committed batch is complete, and the next run resumes from there because those
@@ -33,7 +35,10 @@ import numpy as np
 from ..encode.base import Encoder, normalize
 from ..encode.preprocess import ImageLoadError
 from ..fingerprint import fingerprint_bytes
+from ..pil_warnings import recorded
+from ..transparency import PIXELS_VERSION
 from .collections import CollectionItem, LineProblem, item_key, read_collection
+from .pixels_refresh import refresh_pixels
 from .scan import FileEntry, Skipped, scan
 from .store import Index
 
@@ -46,6 +51,9 @@ class IndexReport:
     moved: int = 0
     copied: int = 0
     touched: int = 0  # same content, new mtime: nothing re-embedded
+    reembedded: int = 0  # transparent images of an index made before PIXELS_VERSION
+    unchecked: int = 0  # ... and files that could not be checked for it (checked next run)
+    warned: int = 0  # indexed, but the decoder warned (recorded on the item)
     removed: int = 0
     failed: int = 0
     skipped: int = 0
@@ -64,6 +72,9 @@ class IndexReport:
             "moved",
             "copied",
             "touched",
+            "reembedded",
+            "unchecked",
+            "warned",
             "removed",
             "failed",
             "skipped",
@@ -88,6 +99,9 @@ class IndexReport:
             "moved": self.moved,
             "copied": self.copied,
             "touched": self.touched,
+            "reembedded": self.reembedded,
+            "unchecked": self.unchecked,
+            "warned": self.warned,
             "removed": self.removed,
             "failed": self.failed,
             "skipped": self.skipped,
@@ -107,6 +121,11 @@ class _Loaded:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    warning: str | None = None  # what the decoder warned about (one line), for an ok image
+
+
+def _warning_line(messages: list[str]) -> str | None:
+    return "; ".join(dict.fromkeys(messages))[:300] if messages else None
 
 
 def _text_fingerprint(text: str) -> str:
@@ -148,6 +167,28 @@ class Indexer:
         self.progress = progress  # progress(stage, done, total)
         index.set_encoder(encoder.info)
         self.item_image_weight = index.set_item_image_weight(item_image_weight)
+        self._pixels_checked = False
+        if index.pixels_version() != PIXELS_VERSION and not index.pixels_outdated():
+            index.set_pixels_version()  # no image vectors yet: every one is made the current way
+
+    def _refresh_pixels(self, report: IndexReport) -> None:
+        """Once per Indexer, after its first scan: re-embed transparent images made before PIXELS_VERSION."""
+        if self._pixels_checked:
+            return
+
+        def committed(n: int) -> None:
+            report.reembedded += n
+
+        report.unchecked = refresh_pixels(
+            self.index,
+            self.encoder,
+            self.item_image_weight,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            progress=(lambda d, t: self.progress("pixels", d, t)) if self.progress else None,
+            committed=committed,
+        )
+        self._pixels_checked = True
 
     # ---- worker side (threads: no SQLite here) ---------------------------------------
     def _load(self, entry: FileEntry, known: frozenset[str]) -> _Loaded:
@@ -168,9 +209,11 @@ class Indexer:
         if out.fingerprint in known:
             return out  # content already embedded: link it, no decode
         try:
-            loaded = self.encoder.load_image(data)
-            out.pixels = self.encoder.preprocess(loaded.image)
+            with recorded() as caught:  # not printed between progress lines
+                loaded = self.encoder.load_image(data)
+                out.pixels = self.encoder.preprocess(loaded.image)
             out.width, out.height = loaded.width, loaded.height
+            out.warning = _warning_line(loaded.warnings + caught)
         except ImageLoadError as exc:
             out.error = str(exc)
         except Exception as exc:  # a decoder bug must not stop the run
@@ -189,6 +232,7 @@ class Indexer:
             if missing:
                 with self.catalog.transaction() as seq:
                     report.removed += self.catalog.delete_items([r.id for r in missing.values()], seq)
+            self._refresh_pixels(report)
             report.ann = self.index.update_ann(
                 progress=(lambda d, t: self.progress("ann", d, t)) if self.progress else None
             )
@@ -342,9 +386,16 @@ class Indexer:
                         continue
                     vec = self.encoder.embed_pixels(reloaded.pixels[None])[0]
                     cat.upsert_item(
-                        seq, vec, **base, status="ok", width=reloaded.width, height=reloaded.height
+                        seq,
+                        vec,
+                        **base,
+                        status="ok",
+                        error=reloaded.warning,
+                        width=reloaded.width,
+                        height=reloaded.height,
                     )
                     counts["indexed"] += 1
+                    counts["warned"] += int(reloaded.warning is not None)
                     continue
                 twin = cat.get(found[0])
                 cat.upsert_item(
@@ -371,8 +422,10 @@ class Indexer:
                     width=item.width,
                     height=item.height,
                     status="ok",
+                    error=item.warning,
                 )
                 counts["indexed"] += 1
+                counts["warned"] += int(item.warning is not None)
         # only after the commit: the counts describe durable state
         for key, n in counts.items():
             setattr(report, key, getattr(report, key) + n)
@@ -450,6 +503,7 @@ class Indexer:
             if missing:
                 with self.catalog.transaction() as seq:
                     report.removed += self.catalog.delete_items(missing, seq)
+            self._refresh_pixels(report)
             report.ann = self.index.update_ann()
         except KeyboardInterrupt:
             report.interrupted = True
@@ -515,10 +569,12 @@ class Indexer:
                         vec,
                         **fields,
                         status="ok",
+                        error=p.loaded.warning,
                         fingerprint=fp,
                         width=p.loaded.width,
                         height=p.loaded.height,
                     )
+                    counts["warned"] += int(p.loaded.warning is not None)
                 else:
                     self.catalog.upsert_item(
                         seq,

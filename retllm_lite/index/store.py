@@ -23,11 +23,15 @@ import numpy as np
 from ..encode.base import EncoderInfo
 from ..errors import BadInput, EncoderMismatch, IndexNotFound, IndexWriteError
 from ..paths import default_index_dir
+from ..transparency import PIXELS_VERSION
 from .catalog import CATALOG_NAME, Catalog, ItemRow
 from .lock import WriterLock
 from .vectors import ANN_THRESHOLD, open_search, remove_stale_files, update_snapshot
 
 _ENCODER_KEYS = ("name", "manifest_sha256", "variant", "dim", "location")
+# How image files were turned into pixels (transparency.PIXELS_VERSION). Absent: an index built
+# before transparency was composited, whose transparent images need re-embedding.
+PIXELS_KEY = "encoder.pixels"
 DEFAULT_ITEM_IMAGE_WEIGHT = 0.5
 
 
@@ -131,6 +135,24 @@ class Index:
             for key in _ENCODER_KEYS:
                 self.catalog.set_meta(f"encoder.{key}", str(getattr(info, key)))
 
+    def pixels_version(self) -> str | None:
+        """The way this index's image vectors were made (None: before it was recorded)."""
+        return self.catalog.get_meta(PIXELS_KEY)
+
+    def pixels_outdated(self) -> bool:
+        """True if some image vectors may predate ``PIXELS_VERSION`` ('retllm index' refreshes them)."""
+        if self.pixels_version() == PIXELS_VERSION:
+            return False
+        row = self.catalog.db.execute(
+            "SELECT 1 FROM items WHERE status='ok' AND path IS NOT NULL LIMIT 1"
+        ).fetchone()
+        return row is not None
+
+    def set_pixels_version(self) -> None:
+        """Record that every image vector is made the current way (after any refresh)."""
+        with self.catalog.transaction(bump=False):
+            self.catalog.set_meta(PIXELS_KEY, PIXELS_VERSION)
+
     def set_item_image_weight(self, weight: float | None) -> float:
         """The image weight w of image+text items' fused vectors (fixed once such items exist)."""
         stored = self.catalog.get_meta("items.image_weight")
@@ -205,6 +227,7 @@ class Index:
             "items": counts,
             "bytes_on_disk": size,
             "encoder": None if info is None else {k: getattr(info, k) for k in _ENCODER_KEYS},
+            "pixels": self.pixels_version(),
             "ann": self.catalog.get_meta("ann_file"),
             "seq": self.catalog.seq,
         }
@@ -212,12 +235,21 @@ class Index:
     def errors(self) -> Iterator[tuple[str, str]]:
         """(path, reason) for every file that could not be indexed and every path skipped."""
         for row in self.catalog.all_items(status="error"):
-            yield (os.fsdecode(row.path) if row.path else row.key.decode("utf-8", "replace")), row.error or ""
+            yield _shown(row), row.error or ""
         for path, _source, reason in self.catalog.skipped():
             yield os.fsdecode(path), reason
+
+    def warnings(self) -> Iterator[tuple[str, str]]:
+        """(path, what the decoder warned about) for indexed files that drew a warning."""
+        for row in self.catalog.warned_items():
+            yield _shown(row), row.error or ""
 
     def update_ann(self, progress=None) -> str:
         info = self.encoder_info()
         if info is None:
             return "none"
         return update_snapshot(self.catalog, self.directory, info.dim, self.ann_threshold, progress)
+
+
+def _shown(row: ItemRow) -> str:
+    return os.fsdecode(row.path) if row.path else row.key.decode("utf-8", "replace")

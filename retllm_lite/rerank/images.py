@@ -1,4 +1,5 @@
-"""Decode images for the VLM: PIL, EXIF orientation applied, RGB, raw bytes.
+"""Decode images for the VLM: PIL, EXIF orientation applied, transparency composited onto
+white (``transparency.py``, as for CLIP), RGB, raw bytes.
 
 llama.cpp gets raw RGB (``mtmd_bitmap_init``), never a file to decode itself, so every
 format PIL reads works and a phone photo is seen upright. The content key fingerprints the
@@ -32,6 +33,8 @@ class RGBImage:
 def load_rgb(image: ImageInput) -> RGBImage:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    from retllm_lite.transparency import flatten_transparency
+
     if isinstance(image, Image.Image):
         img = image
         name = "<in-memory image>"
@@ -47,7 +50,7 @@ def load_rgb(image: ImageInput) -> RGBImage:
             raise BadInput(f"cannot read image {path}: {exc}") from exc
     try:
         img = ImageOps.exif_transpose(img)
-        rgb = img.convert("RGB")
+        rgb = flatten_transparency(img).convert("RGB")
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot decode image {name}: {exc}") from exc
     w, h = rgb.size
