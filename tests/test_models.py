@@ -19,6 +19,7 @@ from retllm_lite.models.pull import ensure_vlm, pull
 
 from fake_hub import FakeHub, running
 from retllm_lite.cli import cli
+from retllm_lite.encode import hf_layout  # noqa: F401  (the default CLIP is a Hugging Face layout)
 from retllm_lite.errors import BadModelFile, ChecksumMismatch, HubUnreachable, ModelNotFound
 from retllm_lite.paths import models_dir
 from tiny_hf_clip import tiny_hf_clip_files
@@ -272,7 +273,6 @@ def test_huggingface_hub_imported_offline_still_downloads_when_online(online, mo
 
 
 def test_first_index_downloads_the_default_clip_and_search_uses_it(online, photos, tmp_path):
-    pytest.importorskip("retllm_lite.encode.hf_layout")  # HF CLIP support (its own change)
     online.add(CLIP.repo, tiny_hf_clip_files(), commit=CLIP.revision)
     index = tmp_path / "idx"
     res = invoke("index", photos, "--index", index)
