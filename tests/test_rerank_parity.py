@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from retllm_lite.errors import BadInput
 from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
 from retllm_lite.rerank.scorer import Item
 
@@ -56,6 +57,39 @@ def test_f32_gguf_matches_transformers(f32_batched_scorer, hf_reference, vlm_ima
 def test_f16_gguf_matches_transformers(f16_scorer, hf_reference, vlm_images, vlm_captions, enhanced):
     worst = _parity(f16_scorer, hf_reference, vlm_images[3:5], vlm_captions[3:5], enhanced)
     assert worst["torch"] < 1e-2
+
+
+def test_early_exit_entropies_match_transformers_hidden_states(
+    tiny_vlm_f32, hf_forward, vlm_images, vlm_captions
+):
+    """The paper's trigger: layer outputs captured by the eval callback, final norm and head in numpy."""
+    import torch
+
+    from retllm_lite.rerank.logits import softmax, topk_entropy
+
+    layers = range(1, 5)  # of the tiny model's 6
+    with LlamaMtmdScorer(tiny_vlm_f32.model, tiny_vlm_f32.mmproj, kv_type="f32", n_ctx=1024, n_threads=1,
+                         exit_layers="exit-1-4") as scorer:  # fmt: skip
+        model = hf_forward.models["llama.cpp"]
+        lm = model.model.language_model
+        worst = 0.0
+        for image, caption in zip(vlm_images[:3], vlm_captions[:3], strict=True):
+            ours = scorer.early_exit_entropies(Item(image=image), caption)
+            assert sorted(ours) == list(layers)
+            segments = scorer.layout(Item(image=image), caption)
+            out = hf_forward(segments, [image], "llama.cpp", output_hidden_states=True)
+            for il in layers:
+                h = out.hidden_states[il + 1][0, -1]  # the output of decoder layer il
+                with torch.no_grad():
+                    logits = model.lm_head(lm.norm(h[None]))[0].double().numpy()
+                theirs = topk_entropy(softmax(logits))
+                worst = max(worst, abs(ours[il] - theirs))
+            # the gate value is the largest of them, computed the same way by score_pairs
+            got = scorer.score_pairs(Item(image=image), [caption], fast=False)[0]
+            assert got.exit_entropy == pytest.approx(max(ours.values()), abs=1e-9)
+    assert worst < 2e-4, worst  # measured 1.5e-5 (f32 weights and KV)
+    with pytest.raises(BadInput, match="batch_size 1"):
+        LlamaMtmdScorer(tiny_vlm_f32.model, tiny_vlm_f32.mmproj, batch_size=2, exit_layers="exit-1-2")
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

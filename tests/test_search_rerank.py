@@ -294,3 +294,15 @@ def test_paths_on_caption_hits_prints_their_ids_not_the_captions(corpus):
     want = [str(r["item_id"] if r["item_id"] is not None else r["id"]) for r in rows]
     assert res.stdout.splitlines() == want
     assert not any(r["text"] in res.stdout for r in rows)
+
+
+def test_search_gates_on_the_papers_early_exit_trigger(corpus, vlm_dir):
+    """--gate-signal exit-A-B: the backend captures those layers; the gate reads their entropy."""
+    _root, index_dir = corpus
+    common = ["a red circle", "--rerank", "--vlm-model", vlm_dir, "--modality", "image", "--rerank-k", "3"]
+    fired = search_json(index_dir, *common, "--gate-signal", "exit-1-3", "--gate", "0")
+    shut = search_json(index_dir, *common, "--gate-signal", "exit-1-3", "--gate", "1")
+    assert [r["enhanced"] for r in fired] == [True] * 3  # every early exit has entropy > 0
+    assert [r["enhanced"] for r in shut] == [False] * 3  # and none above 1
+    bad = run("search", *common, "--gate-signal", "exit-x", "--index", index_dir)
+    assert bad.exit_code == 2 and "exit-FIRST-LAST" in bad.output

@@ -148,12 +148,12 @@ def f32_batched_scorer(tiny_vlm_f32):
 
 
 @pytest.fixture(scope="session")
-def hf_reference(tiny_vlm_hf):
-    """transformers forward pass on given llama.cpp token ids and images -> next-token probs.
+def hf_forward(tiny_vlm_hf):
+    """transformers forward pass on given llama.cpp token ids and images -> the model output.
 
-    ``probs(segments, images, numerics="torch")``: plain f32 transformers; with
+    ``forward(segments, images, numerics="torch", **kwargs)``: plain f32 transformers; with
     ``numerics="llama.cpp"``, the same model with llama.cpp's f16 roundings emulated
-    (``llama_numerics.emulate_llama_cpp``).
+    (``llama_numerics.emulate_llama_cpp``). ``forward.models`` holds both.
     """
     import torch
     from transformers import AutoImageProcessor, Gemma3ForConditionalGeneration
@@ -165,7 +165,7 @@ def hf_reference(tiny_vlm_hf):
     processor = AutoImageProcessor.from_pretrained(tiny_vlm_hf, use_fast=False)
     image_token = model.config.image_token_index
 
-    def probs(segments, images, numerics: str = "torch"):
+    def forward(segments, images, numerics: str = "torch", **kwargs):
         ids: list[int] = []
         types: list[int] = []
         for seg in segments:
@@ -177,8 +177,20 @@ def hf_reference(tiny_vlm_hf):
                 types += [1] * seg.n_tokens
         pixels = torch.cat([processor(images=im, return_tensors="pt")["pixel_values"] for im in images])
         with torch.no_grad():
-            out = models[numerics](input_ids=torch.tensor([ids]), pixel_values=pixels,
-                                   token_type_ids=torch.tensor([types]))  # fmt: skip
+            return models[numerics](input_ids=torch.tensor([ids]), pixel_values=pixels,
+                                    token_type_ids=torch.tensor([types]), **kwargs)  # fmt: skip
+
+    forward.models = models
+    return forward
+
+
+@pytest.fixture(scope="session")
+def hf_reference(hf_forward):
+    """Next-token probabilities of ``hf_forward`` at the last position."""
+    import torch
+
+    def probs(segments, images, numerics: str = "torch"):
+        out = hf_forward(segments, images, numerics)
         return torch.softmax(out.logits[0, -1].double(), dim=-1).numpy()
 
     return probs

@@ -74,11 +74,29 @@ rule_option = click.option(
     "unrounded P(True) (raw); or P(True)/(P(True)+P(False)) (normalized).",
 )
 
+
+def _gate_signal(ctx, param, value):
+    if value is None:
+        return None
+    from ..errors import RetllmError
+    from ..rerank.scorer import is_gate_signal
+
+    try:
+        if is_gate_signal(value):
+            return value
+    except RetllmError:
+        pass
+    raise click.BadParameter("use binary, top10, or exit-FIRST-LAST (e.g. exit-6-15, the paper's)")
+
+
 gate_signal_option = click.option(
     "--gate-signal",
-    type=click.Choice(["binary", "top10"]),
+    callback=_gate_signal,
+    metavar="binary|top10|exit-A-B",
     help="What gated enhancement thresholds: the True/False decision's normalised entropy "
-    "(binary, default) or the final layer's normalised top-10 entropy (top10).  [default: binary]",
+    "(binary, default), the final layer's normalised top-10 entropy (top10), or the paper's "
+    "trigger, the largest top-10 entropy of the early exits after layers A..B (exit-6-15 as "
+    "the authors' code; slower: one output-head product per layer).  [default: binary]",
 )
 
 variant_option = click.option(

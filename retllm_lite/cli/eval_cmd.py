@@ -174,6 +174,10 @@ def eval_cmd(
     from ..eval.runner import Evaluator
     from ..models.pull import ensure_clip
 
+    if gate_signal and gate_signal.startswith("exit-"):
+        raise click.UsageError(
+            "eval caches each pass's scores without early-exit entropies: use --gate-signal binary or top10"
+        )
     settings = Settings(
         ks=_ints(ks, "--k") or (5,),
         enhance=tuple(

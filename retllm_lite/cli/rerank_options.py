@@ -40,10 +40,13 @@ class RerankRequest:
     def scorer(self, offline: bool, announce: Callable[[str], None]):
         """Resolve (pulling if needed and allowed) the VLM and build the Scorer."""
         from ..models.pull import ensure_vlm
-        from ..rerank.scorer import Scorer
+        from ..rerank.scorer import Enhance, Scorer
 
         model, mmproj = ensure_vlm(self.vlm_model, self.mmproj, offline=offline, announce=announce)
-        kwargs = {}
+        kwargs: dict = {}
+        exit_layers = Enhance.parse(self.options.enhance).exit_layers
+        if exit_layers is not None:  # the paper's trigger: capture those layers' outputs
+            kwargs["exit_layers"] = exit_layers
         if self.prompt is not None:
             from ..rerank.prompts import PromptTemplate
 

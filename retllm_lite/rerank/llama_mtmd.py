@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import numpy as np
 
 from retllm_lite.errors import BadInput, BadModelFile
 from retllm_lite.integrity import file_sha256
+from retllm_lite.rerank.early_exit import ExitLayers, LayerCapture, OutputHead, exit_entropies
 from retllm_lite.rerank.embedding_cache import EmbeddingCache
 from retllm_lite.rerank.images import RGBImage, load_rgb
 from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
@@ -184,7 +185,20 @@ class LlamaMtmdScorer:
         flash_attn: bool = False,
         extra_buffers: bool | None = None,
         verbose: bool = False,
+        exit_layers: ExitLayers | str | None = None,
     ):
+        """``exit_layers`` ("exit-6-15" or an ``ExitLayers``) reads early-exit entropies
+        (``early_exit``) for the paper's gating trigger; it needs ``batch_size`` 1."""
+        self.exit_layers = ExitLayers.parse(exit_layers) if isinstance(exit_layers, str) else exit_layers
+        capture = None
+        if self.exit_layers is not None:
+            if batch_size != 1:
+                raise BadInput("early-exit gating reads one candidate per decode: use batch_size 1")
+            import llama_cpp
+
+            capture = LayerCapture(self.exit_layers.layers, llama_cpp)
+        self._head: OutputHead | None = None
+        self._exit_rows: dict[int, dict[int, np.ndarray]] = {}
         self.rt = LlamaRuntime(
             model_path,
             mmproj_path,
@@ -196,6 +210,7 @@ class LlamaMtmdScorer:
             flash_attn=flash_attn,
             extra_buffers=extra_buffers,
             verbose=verbose,
+            capture=capture,
         )
         try:
             self.true_id = self.rt.answer_token(ANSWER_TRUE if true_token is None else true_token)
@@ -402,9 +417,39 @@ class LlamaMtmdScorer:
         fast: bool,
     ) -> list[AnswerProbs]:
         prompts = [self._render(q, c, qimg, ci, enhanced) for c, ci in zip(cands, cimgs, strict=True)]
-        logits = self._fast(prompts) if fast else [self._naive(p) for p in prompts]
+        self._exit_rows.clear()
+        if fast:
+            logits = self._fast(prompts)
+        else:
+            logits = []
+            for i, p in enumerate(prompts):
+                logits.append(self._naive(p))
+                self._keep_exit_rows(i)
         self.stats.prompts_scored += len(prompts)
-        return [answer_probs(lg, self.true_id, self.false_id) for lg in logits]
+        probs = [answer_probs(lg, self.true_id, self.false_id) for lg in logits]
+        if self.exit_layers is None:
+            return probs
+        return [replace(a, exit_entropy=self._exit_entropy(i)) for i, a in enumerate(probs)]
+
+    def _keep_exit_rows(self, i: int) -> None:
+        if self.rt.capture is not None:
+            self._exit_rows[i] = self.rt.capture.take()
+
+    def _exit_entropy(self, i: int) -> float:
+        """The gate value of the paper's trigger: the largest early-exit entropy over the layers."""
+        if self._head is None:
+            self._head = OutputHead.from_gguf(self.rt.model_path)
+        return max(exit_entropies(self._head, self._exit_rows[i]).values())
+
+    def early_exit_entropies(self, query: Item | Any, candidate: Item | Any) -> dict[int, float]:
+        """Per captured layer, the normalised top-10 entropy of the early exit (one pair, naive path)."""
+        if self.exit_layers is None:
+            raise BadInput("create the scorer with exit_layers= to read early exits")
+        q, c = Item.coerce(query), Item.coerce(candidate)
+        self._naive(self._pair_prompt(q, c, enhanced=False))
+        if self._head is None:
+            self._head = OutputHead.from_gguf(self.rt.model_path)
+        return exit_entropies(self._head, self.rt.capture.take())
 
     def _reset(self) -> None:
         self.rt.clear()
@@ -552,6 +597,7 @@ class LlamaMtmdScorer:
         self.rt.decode_tokens(entries)
         for i, idx in owners:
             results[i] = self.rt.logits(idx)
+            self._keep_exit_rows(i)  # one owner per decode when capturing (batch_size 1)
 
     def _decode_run(self, run: _Run, pos: int, seq: int) -> int:
         if run.chunk is not None:

@@ -143,7 +143,9 @@ class LlamaRuntime:
         flash_attn: bool = False,
         extra_buffers: bool | None = None,
         verbose: bool = False,
+        capture: Any = None,
     ):
+        """``capture`` (an ``early_exit.LayerCapture``) becomes the context's eval callback."""
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path) if mmproj_path is not None else None
         self.model_info, self.mmproj_info = check_vlm_files(model_path, mmproj_path)
@@ -195,6 +197,10 @@ class LlamaRuntime:
         ftype = llama.GGML_TYPE_F32 if kv_type == "f32" else llama.GGML_TYPE_F16
         cparams.type_k = ftype
         cparams.type_v = ftype
+        self.capture = capture
+        if capture is not None:
+            cparams.cb_eval = capture.callback
+            cparams.cb_eval_user_data = None
         self._ctx = llama.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()

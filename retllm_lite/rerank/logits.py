@@ -65,6 +65,7 @@ class AnswerProbs:
     p_false: float
     entropy: float  # normalised top-10
     vocab_entropy: float  # full-vocabulary Shannon entropy, nats
+    exit_entropy: float | None = None  # the paper's early-exit trigger value (early_exit)
 
 
 def answer_probs(logits: np.ndarray, true_id: int, false_id: int) -> AnswerProbs:

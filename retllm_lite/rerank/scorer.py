@@ -39,9 +39,21 @@ if TYPE_CHECKING:
 Rule = Literal["paper", "rounded", "raw", "normalized"]
 RULES: tuple[str, ...] = ("paper", "rounded", "raw", "normalized")
 DEFAULT_GATE = 0.75  # the paper's threshold value
-GateSignal = Literal["binary", "top10"]
-GATE_SIGNALS: tuple[str, ...] = ("binary", "top10")
+GateSignal = str  # "binary", "top10", or an early exit: "exit-L" / "exit-FIRST-LAST"
+GATE_SIGNALS: tuple[str, ...] = ("binary", "top10", "exit-FIRST-LAST")
 DEFAULT_GATE_SIGNAL: GateSignal = "binary"
+PAPER_EXIT = "exit-6-15"  # the authors' range: 5 < layer < 16, 0-based
+
+
+def is_gate_signal(value: str) -> bool:
+    if value in ("binary", "top10"):
+        return True
+    if value.startswith("exit-"):
+        from retllm_lite.rerank.early_exit import ExitLayers
+
+        ExitLayers.parse(value)
+        return True
+    return False
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +94,7 @@ class PassScores:
     p_false: float
     entropy: float
     vocab_entropy: float
+    exit_entropy: float | None = None  # the early-exit trigger's value, when captured
 
     @property
     def score(self) -> float:
@@ -113,6 +126,7 @@ class PairScore:
     vocab_entropy: float
     enhanced: bool = False
     first_pass: PassScores | None = None
+    exit_entropy: float | None = None
     score: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,14 +138,22 @@ class PairScore:
     @classmethod
     def of(cls, s: Any, *, enhanced: bool = False, first_pass: PassScores | None = None) -> PairScore:
         """From anything with p_true, p_false, entropy, vocab_entropy (a pass's numbers)."""
-        return cls(s.p_true, s.p_false, s.entropy, s.vocab_entropy, enhanced=enhanced, first_pass=first_pass)
+        return cls(
+            s.p_true,
+            s.p_false,
+            s.entropy,
+            s.vocab_entropy,
+            enhanced=enhanced,
+            first_pass=first_pass,
+            exit_entropy=getattr(s, "exit_entropy", None),
+        )
 
     @property
     def binary_entropy(self) -> float:
         return binary_entropy(self.p_true, self.p_false)
 
     def as_pass(self) -> PassScores:
-        return PassScores(self.p_true, self.p_false, self.entropy, self.vocab_entropy)
+        return PassScores(self.p_true, self.p_false, self.entropy, self.vocab_entropy, self.exit_entropy)
 
 
 @dataclass(frozen=True)
@@ -148,6 +170,11 @@ class Enhance:
       applies this measure to *early exits at middle layers* (flat distributions); at the
       final layer of an instruction-tuned model nearly all mass is on True/False, so it is
       at most about log 2 / log 10 = 0.30 and a 0.75 gate never fires. Kept for ablations.
+    * ``exit-FIRST-LAST`` (the authors' trigger: ``exit-6-15``): the largest normalised
+      top-10 entropy of the early exits after decoder layers FIRST..LAST (0-based; the final
+      norm and output head applied to each layer's last hidden state, ``early_exit``). The
+      backend must capture those layers (``LlamaMtmdScorer(exit_layers=...)``); it costs one
+      output-head product per layer and pair.
     """
 
     mode: Literal["off", "always", "gated"] = "off"
@@ -155,15 +182,28 @@ class Enhance:
     signal: GateSignal = DEFAULT_GATE_SIGNAL
 
     def __post_init__(self) -> None:
-        if self.signal not in GATE_SIGNALS:
+        if not is_gate_signal(self.signal):
             raise BadInput(
                 f"unknown gate signal {self.signal!r}", hint=f"use one of {', '.join(GATE_SIGNALS)}"
             )
+
+    @property
+    def exit_layers(self) -> str | None:
+        """The early-exit layers a backend must capture for this mode, if any."""
+        return self.signal if self.mode == "gated" and self.signal.startswith("exit-") else None
 
     def gate_value(self, first: Any) -> float:
         """The gating quantity of a first pass (anything with p_true, p_false, entropy)."""
         if self.signal == "top10":
             return float(first.entropy)
+        if self.signal.startswith("exit-"):
+            value = getattr(first, "exit_entropy", None)
+            if value is None:
+                raise BadInput(
+                    f"gate signal {self.signal} needs early-exit entropies the backend did not capture",
+                    hint=f"create the backend with exit_layers={self.signal!r}",
+                )
+            return float(value)
         return binary_entropy(first.p_true, first.p_false)
 
     def fires(self, first: Any) -> bool:
@@ -192,7 +232,7 @@ class Enhance:
             raise BadInput(f"only gated enhancement takes a threshold or signal, not {value!r}")
         threshold, named = DEFAULT_GATE, None
         for word in rest:
-            if word in GATE_SIGNALS and named is None:
+            if named is None and (word in ("binary", "top10") or word.startswith("exit-")):
                 named = word
                 continue
             try:
