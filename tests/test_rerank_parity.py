@@ -32,15 +32,17 @@ def _parity(scorer, hf_reference, images, captions, enhanced, numerics=("torch",
 
 # f32 weights, f32 projector, f32 KV cache, flash attention off: llama.cpp still rounds to
 # f16 in three places by design (tests/llama_numerics.py). Worst relative error of
-# P(True)/P(False) on the tiny Gemma3 (3 images x 3 captions, f32 KV), measured on an
-# AVX2-only EPYC / an AVX-512+VNNI EPYC:
-#   against plain transformers                    6.9e-4 / 6.2e-4 once, 1.06e-3 / 9.4e-4 twice
-#   with those f16 roundings emulated             1.8e-4 / 2.6e-4 once, 2.0e-4 / 2.1e-4 twice
-# Per component: docs/rerank.md ("Where the f32 difference comes from"). What is left
-# after emulating all of them is f32 kernel order (SIMD summation, exp/tanh), CPU-dependent.
-EMULATED_BOUND = 6e-4  # 2.3x the largest measured, 2.6e-4
-PLAIN_BOUND = 2.5e-3  # 2.4x the largest measured, 1.06e-3
-EXPLAINED = 0.75  # emulated / plain measured 0.19-0.42: the roundings are most of the gap
+# P(True)/P(False) on the tiny Gemma3 (3 images x 3 captions, f32 KV), measured with a
+# native build on an AVX2-only EPYC / a native build on an AVX-512+VNNI EPYC / a portable
+# AVX2 build (GGML_NATIVE=OFF, AVX-512 off) on that EPYC:
+#   against plain transformers          once 6.9e-4 / 6.2e-4 / 1.38e-3, twice 1.06e-3 / 9.4e-4 / 2.19e-3
+#   with those f16 roundings emulated   once 1.8e-4 / 2.6e-4 / 3.1e-4,  twice 2.0e-4 / 2.1e-4 / 2.7e-4
+# Per component: docs/rerank.md ("Where the f32 difference comes from"). The plain figure
+# moves with the build (how the f16 products are computed); after emulating the roundings
+# what is left is f32 kernel order (SIMD summation, exp/tanh), and it stays put.
+EMULATED_BOUND = 6e-4  # 1.9x the largest measured, 3.1e-4
+PLAIN_BOUND = 5e-3  # 2.3x the largest measured, 2.19e-3: a sanity bound, the emulated one is the test
+EXPLAINED = 0.75  # emulated / plain measured 0.12-0.42: the roundings are most of the gap
 
 
 @pytest.mark.parametrize("enhanced", [False, True], ids=["once", "image-twice"])
