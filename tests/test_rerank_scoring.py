@@ -267,3 +267,33 @@ def test_scorer_from_manifest(tiny_vlm_f16, vlm_images):
         assert sorted(r.id for r in ranked) == ["img0", "img1", "img2"]
         assert scorer.enhance.mode == "gated" and scorer.enhance.threshold == 0.75
     assert scorer.backend.rt.closed
+
+
+def test_one_scorer_seam(f16_scorer, vlm_images, vlm_captions, tmp_path):
+    """Backends return passes; gating and the rule live in the model-agnostic modules, once."""
+    # no import circle: the llama.cpp backend does not import Scorer, Scorer does not import it
+    code = (
+        "import sys, retllm_lite.rerank.llama_mtmd; assert 'retllm_lite.rerank.scorer' not in sys.modules; "
+        "import retllm_lite.rerank.scorer"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, retllm_lite.rerank.scorer; assert 'retllm_lite.rerank.llama_mtmd' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # the factory picks the backend by the manifest's format, as ENCODERS does for CLIP
+    from retllm_lite.errors import BadModelFile
+    from retllm_lite.rerank.backend import BACKENDS, load_backend
+
+    assert list(BACKENDS) == ["retllm-lite/vlm-gguf"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"format": "someone/else"}')
+    with pytest.raises(BadModelFile, match="no fine-stage backend for format 'someone/else'"):
+        load_backend(other)
+    # Scorer gates over the backend's passes with the same decision its score_pairs makes
+    q = Item(image=vlm_images[2])
+    values = sorted(Enhance("gated").gate_value(a) for a in f16_scorer.answer_probs(q, vlm_captions))
+    mode = f"gated:{(values[3] + values[4]) / 2}"
+    via_scorer = Scorer(f16_scorer, enhance=mode).predict([(q, c) for c in vlm_captions])
+    direct = f16_scorer.score_pairs(q, vlm_captions, enhance=mode)
+    assert [(s.p_true, s.enhanced) for s in via_scorer] == [(s.p_true, s.enhanced) for s in direct]
+    assert 0 < sum(s.enhanced for s in direct) < len(direct)

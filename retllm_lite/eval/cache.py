@@ -26,7 +26,7 @@ from retllm_lite.errors import BadInput
 from retllm_lite.fingerprint import fingerprint_bytes
 from retllm_lite.paths import cache_dir
 from retllm_lite.rerank.logits import ChoiceProbs
-from retllm_lite.rerank.scorer import PassScores
+from retllm_lite.rerank.pairs import PassScores
 from retllm_lite.transparency import PIXELS_VERSION
 
 SCHEMA_VERSION = 2  # 2: pair_scores.vocab_entropy

@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 from retllm_lite.errors import BadInput
 from retllm_lite.eval.metrics import RECALL_KS, rsum
+from retllm_lite.rerank.gating import Enhance, combine
+from retllm_lite.rerank.pairs import PairScore, PassScores
 from retllm_lite.rerank.prompts import LISTWISE_MAX
-from retllm_lite.rerank.scorer import RULES, Enhance, PairScore, PassScores, Rule
+from retllm_lite.rerank.ranking import RULES, Rule
 
 Direction = Literal["t2i", "i2t"]
 DIRECTIONS: tuple[Direction, ...] = ("t2i", "i2t")
@@ -138,19 +140,8 @@ class Config:
 
 
 def compose(plain: PassScores | None, enhanced: PassScores | None, mode: Enhance) -> PairScore:
-    """One pair's score under ``mode`` from its plain pass and its pass with the image again.
-
-    The same decision as the backend's: ``Enhance.fires`` on the plain pass.
-    """
-    if mode.mode != "always":
-        if plain is None:
-            raise ValueError("the plain pass is missing")
-        if not mode.fires(plain):
-            return PairScore.of(plain)
-    if enhanced is None:
-        raise ValueError("the enhanced pass is missing")
-    first = plain if mode.mode == "gated" else None
-    return PairScore.of(enhanced, enhanced=True, first_pass=first)
+    """One pair's score under ``mode`` from its cached passes: the backend's own rule (``gating.combine``)."""
+    return combine(plain, enhanced, mode)
 
 
 @dataclass

@@ -47,9 +47,11 @@ from retllm_lite.eval.protocol import (
     compose,
 )
 from retllm_lite.fingerprint import fingerprint_bytes, fingerprint_file
+from retllm_lite.rerank.gating import Enhance
 from retllm_lite.rerank.logits import ChoiceProbs
+from retllm_lite.rerank.pairs import Item, PairScore, PassScores
 from retllm_lite.rerank.prompts import LISTWISE_TEMPLATE
-from retllm_lite.rerank.scorer import Enhance, Item, PairScore, PassScores, rank_order
+from retllm_lite.rerank.ranking import rank_order
 
 Progress = Callable[[str, int, int], None]
 Table = list[list[PassScores | None]]  # [query][position in its coarse top-k]
@@ -58,9 +60,7 @@ Table = list[list[PassScores | None]]  # [query][position in its coarse top-k]
 class EvalBackend(Protocol):
     """What the runner needs from a reranker (``LlamaMtmdScorer`` has it all)."""
 
-    def score_pairs(
-        self, query: Item, candidates: Sequence[Item], *, enhance: Enhance | str = "off"
-    ) -> list[PairScore]: ...
+    def answer_probs(self, query: Item, candidates: Sequence[Item], *, enhanced: bool) -> list[Any]: ...
 
     def pick_caption(self, image: Any, captions: Sequence[str]) -> ChoiceProbs: ...
 
@@ -383,11 +383,10 @@ class Evaluator:
             run = [j for j in missing if (qkeys[q], gkeys[top[q, j]]) not in fresh]
             if run:
                 cands = [self._gallery_item(d, int(top[q, j])) for j in run]
-                mode = "always" if enhanced else "off"
-                out = self.backend.score_pairs(self._query_item(d, q), cands, enhance=mode)
+                out = self.backend.answer_probs(self._query_item(d, q), cands, enhanced=enhanced)
                 new = {}
                 for j, s in zip(run, out, strict=True):
-                    ps = s.as_pass()
+                    ps = PassScores(s.p_true, s.p_false, s.entropy, s.vocab_entropy)
                     fresh[(qkeys[q], gkeys[top[q, j]])] = new[gkeys[top[q, j]]] = ps
                 self.cache.put_pair_scores(ns, qkeys[q], new)
                 self.stats.pairs_scored += len(run)

@@ -42,9 +42,11 @@ from retllm_lite.errors import BadInput, BadModelFile
 from retllm_lite.integrity import file_sha256
 from retllm_lite.rerank.early_exit import ExitLayers, LayerCapture, OutputHead, exit_entropies
 from retllm_lite.rerank.embedding_cache import EmbeddingCache
+from retllm_lite.rerank.gating import Enhance, gate
 from retllm_lite.rerank.images import RGBImage, load_rgb
 from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
 from retllm_lite.rerank.logits import AnswerProbs, ChoiceProbs, answer_probs, choice_probs
+from retllm_lite.rerank.pairs import Item, PairScore
 from retllm_lite.rerank.prompts import (
     ANSWER_FALSE,
     ANSWER_TRUE,
@@ -58,7 +60,6 @@ from retllm_lite.rerank.prompts import (
     modality,
     render_listwise,
 )
-from retllm_lite.rerank.scorer import Enhance, Item, PairScore
 
 ListwisePick = ChoiceProbs
 Templates = PromptTemplate | Mapping[tuple[Modality, Modality], PromptTemplate] | None
@@ -269,6 +270,26 @@ class LlamaMtmdScorer:
 
     # -- public API -----------------------------------------------------------------------
 
+    def answer_probs(
+        self,
+        query: Item | Any,
+        candidates: Sequence[Item | Any],
+        *,
+        enhanced: bool = False,
+        fast: bool | None = None,
+    ) -> list[AnswerProbs]:
+        """One pass per candidate (the ``backend.PairBackend`` step): P(True), P(False), entropies.
+
+        ``enhanced`` repeats the image after the question (the candidate's, else the query's).
+        """
+        q = Item.coerce(query)
+        cands = [Item.coerce(c) for c in candidates]
+        if not cands:
+            return []
+        qimg = load_rgb(q.image) if q.image is not None else None
+        cimgs = [load_rgb(c.image) if c.image is not None else None for c in cands]
+        return self._run(q, cands, qimg, cimgs, enhanced=enhanced, fast=self.fast if fast is None else fast)
+
     def score_pairs(
         self,
         query: Item | Any,
@@ -277,31 +298,22 @@ class LlamaMtmdScorer:
         enhance: Enhance | str = "off",
         fast: bool | None = None,
     ) -> list[PairScore]:
-        """P(True), P(False), entropy per candidate, in input order."""
+        """Scores under an enhancement mode, in input order (``gating.gate`` over ``answer_probs``)."""
         mode = Enhance.parse(enhance)
-        use_fast = self.fast if fast is None else fast
         q = Item.coerce(query)
         cands = [Item.coerce(c) for c in candidates]
         if not cands:
             return []
         qimg = load_rgb(q.image) if q.image is not None else None
         cimgs = [load_rgb(c.image) if c.image is not None else None for c in cands]
-        sides = [enhance_side(c.has_image, q.has_image) for c in cands]
+        use_fast = self.fast if fast is None else fast
 
-        always = mode.mode == "always"
-        first = self._run(q, cands, qimg, cimgs, enhanced=always, fast=use_fast)
-        results = [
-            PairScore.of(a, enhanced=always and s is not None) for a, s in zip(first, sides, strict=True)
-        ]
-        if mode.mode == "gated":
-            fire = [i for i, a in enumerate(first) if sides[i] is not None and mode.fires(a)]
-            if fire:
-                second = self._run(
-                    q, [cands[i] for i in fire], qimg, [cimgs[i] for i in fire], enhanced=True, fast=use_fast
-                )
-                for i, b in zip(fire, second, strict=True):
-                    results[i] = PairScore.of(b, enhanced=True, first_pass=results[i].as_pass())
-        return results
+        def passes(idx: list[int], enhanced: bool) -> list[AnswerProbs]:
+            return self._run(q, [cands[i] for i in idx], qimg, [cimgs[i] for i in idx], enhanced=enhanced,
+                             fast=use_fast)  # fmt: skip
+
+        can = [enhance_side(c.has_image, q.has_image) is not None for c in cands]
+        return gate(mode, passes, len(cands), can)
 
     def pick_caption(
         self, image: Any, captions: Sequence[str], *, template: str = LISTWISE_TEMPLATE
