@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retllm_lite.cpu import cpu_info
+
 BENCH_DIR = Path(os.environ.get("RETLLM_BENCH_DIR", Path.home() / ".cache" / "retllm-lite" / "bench"))
 
 
@@ -248,6 +250,8 @@ def main() -> None:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
+        # the int8 kernels (VNNI/AMX or plain AVX2) decide speed and rounding
+        "cpu": cpu_info(),
         "model": str(model),
         "arch": args.arch,
     }

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from retllm_lite.cpu import cpu_info
+
 BENCH_DIR = Path(os.environ.get("RETLLM_BENCH_DIR", Path.home() / ".cache" / "retllm-lite" / "bench"))
 MODES = ("off", "gated", "always")
 
@@ -185,7 +187,8 @@ def main() -> None:
         "threads": args.threads or os.cpu_count(), "batch_size": args.batch_size,
         "image_size": args.image_size, "repeats": args.repeats,
         "llama_cpp_python": llama_cpp.__version__, "machine": platform.machine(),
-        "processor": platform.processor(), "cpu_count": os.cpu_count(), "results": rows,
+        "processor": platform.processor(), "cpu_count": os.cpu_count(), "cpu": cpu_info(),
+        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(), "results": rows,
     }, indent=2))  # fmt: skip
 
 
