@@ -1,10 +1,10 @@
-"""Session fixtures: tiny random Gemma3 VLM converted to GGUF.
+"""Session fixtures: tiny random Gemma3 and Qwen2-VL VLMs converted to GGUF.
 
-Built once per pytest session: the HF checkout (``build_tiny_gemma3``), llama.cpp's
-converter for the installed llama-cpp-python (from its sdist; set
-``RETLLM_TEST_CONVERTER_DIR`` to keep the extracted converter between sessions), and three
-conversions through ``convert_vlm``: f32 (+ f32 projector, for parity with transformers),
-f16 (+ f16 projector) and q8_0 (+ q8_0 projector).
+Built once per pytest session: the HF checkouts (``build_tiny_gemma3``,
+``build_tiny_qwen2vl``), llama.cpp's converter for the installed llama-cpp-python (from its
+sdist; set ``RETLLM_TEST_CONVERTER_DIR`` to keep the extracted converter between sessions),
+and conversions through ``convert_vlm``: Gemma3 f32 (+ f32 projector, for parity with
+transformers), f16 (+ f16 projector) and q8_0 (+ q8_0 projector); Qwen2-VL f16 + f16.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ def scene(index: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
     return img
 
 
+def photo(size: tuple[int, int], index: int = 0) -> Image.Image:
+    """A scene at a real photo's size (e.g. 4000 x 3000): the 64 x 64 scene scaled up."""
+    return scene(index).resize(size, Image.Resampling.BILINEAR)
+
+
 @pytest.fixture(scope="session")
 def vlm_images() -> list[Image.Image]:
     return [scene(i) for i in range(10)]
@@ -77,14 +82,15 @@ def tiny_vlm_hf(tmp_path_factory) -> Path:
     return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3") / "hf")
 
 
-def _convert(hf: Path, converter, tmp_path_factory, text_type: str, mmproj_type: str):
+def _convert(hf: Path, converter, tmp_path_factory, text_type: str, mmproj_type: str,
+             name: str = "tiny-gemma3"):  # fmt: skip
     from retllm_lite.quantize.vlm import convert_vlm
 
     from retllm_lite.rerank.manifest import read_manifest
 
-    out = tmp_path_factory.mktemp(f"vlm-{text_type}") / "model"
+    out = tmp_path_factory.mktemp(f"vlm-{name}-{text_type}") / "model"
     convert_vlm(hf, out, text_type=text_type, mmproj_type=mmproj_type, converter=converter,
-                name="tiny-gemma3", n_threads=1)  # fmt: skip
+                name=name, n_threads=1)  # fmt: skip
     return read_manifest(out)
 
 
@@ -101,6 +107,19 @@ def tiny_vlm_f16(tiny_vlm_hf, vlm_converter, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_vlm_q8(tiny_vlm_hf, vlm_converter, tmp_path_factory):
     return _convert(tiny_vlm_hf, vlm_converter, tmp_path_factory, "q8_0", "q8_0")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl_hf(tmp_path_factory) -> Path:
+    from retllm_lite.quantize.tiny_qwen2vl import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl(tmp_path_factory.mktemp("tiny-qwen2vl") / "hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory):
+    """Tiny Qwen2-VL, f16 text model and projector (dynamic resolution, M-RoPE, ChatML)."""
+    return _convert(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory, "f16", "f16", name="tiny-qwen2vl")
 
 
 @pytest.fixture(scope="session")
