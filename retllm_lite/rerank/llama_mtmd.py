@@ -40,6 +40,7 @@ import numpy as np
 
 from retllm_lite.errors import BadInput, BadModelFile
 from retllm_lite.integrity import file_sha256
+from retllm_lite.rerank.chat_template import ChatFormat
 from retllm_lite.rerank.embedding_cache import EmbeddingCache
 from retllm_lite.rerank.images import RGBImage, load_rgb
 from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
@@ -198,16 +199,21 @@ class LlamaMtmdScorer:
             verbose=verbose,
         )
         try:
-            self.true_id = self.rt.answer_token(ANSWER_TRUE if true_token is None else true_token)
-            self.false_id = self.rt.answer_token(ANSWER_FALSE if false_token is None else false_token)
-            if self.true_id == self.false_id:
-                raise BadModelFile(f"'True' and 'False' map to the same token in {model_path}")
             self.chat_template = chat_template or self.rt.chat_template()
             if not self.chat_template:
                 raise BadModelFile(
                     f"{model_path} carries no chat template",
                     hint="pass chat_template= (e.g. 'gemma' or 'chatml')",
                 )
+            # resolved in context: the token that follows this template's generation prompt
+            self.true_id = self.rt.answer_token(
+                ANSWER_TRUE if true_token is None else true_token, self.chat_template
+            )
+            self.false_id = self.rt.answer_token(
+                ANSWER_FALSE if false_token is None else false_token, self.chat_template
+            )
+            if self.true_id == self.false_id:
+                raise BadModelFile(f"'True' and 'False' map to the same token in {model_path}")
         except BaseException:
             self.rt.close()
             raise
@@ -310,8 +316,13 @@ class LlamaMtmdScorer:
         return choice_probs(logits, self.choice_tokens(len(captions)))
 
     def choice_tokens(self, k: int) -> list[int]:
-        """Token ids of the digits "1".."k" the listwise answer is read from."""
-        return [self.rt.answer_token(str(i + 1)) for i in range(k)]
+        """Token ids of the digits "1".."k" the listwise answer is read from (in context)."""
+        return [self.rt.answer_token(str(i + 1), self.chat_template) for i in range(k)]
+
+    @property
+    def chat_format(self) -> ChatFormat:
+        """How prompts are rendered: the model's Jinja template or a llama.cpp built-in."""
+        return self.rt.chat_format(self.chat_template)
 
     def render(self, query: Item | Any, candidate: Item | Any, *, enhanced: bool = False) -> str:
         """The exact prompt text (media markers where images go) for one pair."""

@@ -19,11 +19,19 @@ import numpy as np
 
 from retllm_lite.errors import BadInput, BadModelFile, ModelNotFound, require
 from retllm_lite.rerank import llama_log
+from retllm_lite.rerank.chat_template import ChatFormat, ChatRenderer, Messages
 from retllm_lite.rerank.gguf_header import GGUFInfo, read_gguf_header
 
 CHUNK_TEXT = 0
 CHUNK_IMAGE = 1
-_SPACE_VARIANTS = ("{w}", " {w}", "\u2581{w}", "\u0120{w}")
+# Qwen2-VL's authors' processor budget (README): min_pixels 256*28*28, max_pixels 512*28*28.
+DEFAULT_MAX_IMAGE_TOKENS = 512
+QWEN_MIN_IMAGE_TOKENS = 256
+_QWEN_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
+_AUTO_CTX_START = 2048
+_CTX_STEP = 256
+_SPACE_MARKS = {"\u2581": " ", "\u0120": " ", "\u010a": "\n"}  # SentencePiece / byte-level BPE
+_ANSWER_PROBE = "Answer True or False."
 
 
 @dataclass
@@ -156,6 +164,7 @@ class LlamaRuntime:
         llama, mtmd = self.llama, self.mtmd
         self._model = self._ctx = self._mctx = None
         self._batch: Any = None
+        self._renderers: dict[str, ChatRenderer] = {}
         llama_log.install(verbose)
         llama_log.clear()
         llama.llama_backend_init()
@@ -263,7 +272,56 @@ class LlamaRuntime:
         tmpl = self.llama.llama_model_chat_template(self._model, None)
         return tmpl.decode() if tmpl else None
 
-    def apply_chat_template(self, template: str, messages: Sequence[tuple[str, str]]) -> str:
+    def builtin_templates(self) -> list[str]:
+        """Names of llama.cpp's built-in chat formats (``llama_chat_builtin_templates``)."""
+        llama = self.llama
+        n = llama.llama_chat_builtin_templates(None, 0)
+        arr = (ctypes.c_char_p * max(1, n))()
+        n = llama.llama_chat_builtin_templates(arr, n)
+        return [arr[i].decode() for i in range(max(0, n))]
+
+    def chat_renderer(self, template: str) -> ChatRenderer:
+        """The renderer for ``template`` (the model's Jinja template, or a built-in name)."""
+        renderer = self._renderers.get(template)
+        if renderer is None:
+            renderer = self._renderers[template] = ChatRenderer(
+                template,
+                self._builtin_render,
+                special_tokens=self._special_token_texts(),
+                add_bos=bool(self.llama.llama_vocab_get_add_bos(self.vocab)),
+                builtin_names=self.builtin_templates(),
+            )
+        return renderer
+
+    def chat_format(self, template: str) -> ChatFormat:
+        return self.chat_renderer(template).format
+
+    def apply_chat_template(
+        self, template: str, messages: Messages, *, add_generation_prompt: bool = True
+    ) -> str:
+        """Render ``messages`` with ``template`` (see ``chat_template``)."""
+        try:
+            return self.chat_renderer(template).render(messages, add_generation_prompt)
+        except BadModelFile:
+            raise
+        except Exception as exc:  # the model's Jinja template raised (raise_exception, ...)
+            raise BadInput(
+                f"the chat template of {self.model_path} cannot render this prompt: {exc}",
+                hint="pass chat_template= with a built-in name such as 'chatml', or change the prompt",
+            ) from None
+
+    def _special_token_texts(self) -> dict[str, str]:
+        llama, vocab = self.llama, self.vocab
+        out = {}
+        for name, fn in (("bos_token", llama.llama_vocab_bos), ("eos_token", llama.llama_vocab_eos),
+                         ("pad_token", llama.llama_vocab_pad)):  # fmt: skip
+            tok = int(fn(vocab))
+            if 0 <= tok < self.n_vocab:
+                out[name] = self.token_text(tok)
+        return out
+
+    def _builtin_render(self, template: str, messages: Messages, add_generation_prompt: bool) -> str:
+        """llama.cpp's ``llama_chat_apply_template`` (its built-in formats, picked by heuristic)."""
         llama = self.llama
         arr = (llama.llama_chat_message * len(messages))(
             *[llama.llama_chat_message(r.encode(), c.encode()) for r, c in messages]
@@ -272,7 +330,7 @@ class LlamaRuntime:
         tmpl = template.encode()
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
-            n = llama.llama_chat_apply_template(tmpl, arr, len(messages), True, buf, size)
+            n = llama.llama_chat_apply_template(tmpl, arr, len(messages), add_generation_prompt, buf, size)
             if n < 0:
                 raise BadModelFile(
                     f"llama.cpp does not recognise the chat template of {self.model_path}",
@@ -298,24 +356,50 @@ class LlamaRuntime:
         raw = self.llama.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
 
-    def answer_token(self, word: str | int) -> int:
-        """The single vocabulary token for an answer word, trying leading-space variants."""
+    def answer_token(self, word: str | int, template: str) -> int:
+        """The token the model emits first when it answers ``word``, in the chat's context.
+
+        The prompt is rendered with ``template`` once with the generation prompt and once
+        with ``word`` as the assistant's reply; both are tokenised as the scorer tokenises
+        prompts, and the first token the answered one adds is the answer token. After
+        ChatML's ``assistant\\n`` or Gemma's ``model\\n`` that is usually "True"; after
+        SmolVLM's ``Assistant:`` it is " True". An int is taken as a token id as is.
+        """
         if isinstance(word, int):
             if not 0 <= word < self.n_vocab:
                 raise BadInput(f"token id {word} is outside the vocabulary ({self.n_vocab})")
             return word
-        for variant in _SPACE_VARIANTS[:2]:
-            toks = self.tokenize_text(variant.format(w=word))
-            if len(toks) == 1:
-                return toks[0]
-        wanted = {v.format(w=word) for v in _SPACE_VARIANTS}
-        for tok in range(self.n_vocab):
-            if self.token_text(tok) in wanted:
-                return tok
-        raise BadModelFile(
-            f"the vocabulary of {self.model_path} has no single token for {word!r}",
-            hint="pass the answer token's id or exact piece (true_token= / false_token=)",
+        user = [("user", _ANSWER_PROBE)]
+        asked = self.apply_chat_template(template, user)
+        answered = self.apply_chat_template(
+            template, [*user, ("assistant", word)], add_generation_prompt=False
         )
+        prompt = self._prompt_tokens(asked)
+        full = self._prompt_tokens(answered)
+        hint = "pass the answer token's id or exact piece (true_token= / false_token=)"
+        if full[: len(prompt)] != prompt or len(full) == len(prompt):
+            raise BadModelFile(
+                f"the chat template of {self.model_path} does not continue its generation prompt "
+                f"with the answer {word!r}",
+                hint=hint,
+            )
+        tok = full[len(prompt)]
+        piece = self.token_text(tok)
+        for mark, plain in _SPACE_MARKS.items():
+            piece = piece.replace(mark, plain)
+        start = piece.lstrip()
+        if not start or not word.startswith(start):
+            raise BadModelFile(
+                f"after the chat template of {self.model_path} the answer {word!r} does not start "
+                f"a token (the next token is {piece!r})",
+                hint=hint,
+            )
+        return tok
+
+    def _prompt_tokens(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt, as mtmd tokenises it (special tokens, BOS)."""
+        with self.tokenize(text, []) as chunks:
+            return [t for ch in chunks.items for t in ch.tokens]
 
     # -- multimodal tokenisation ----------------------------------------------------------
 
