@@ -1,20 +1,22 @@
 """The fine-stage options of ``retllm search`` (``--rerank`` and friends).
 
-``rerank_options`` adds them to a command and hands it one ``rerank`` argument: None
-without ``--rerank``, else a ``RerankRequest`` that loads the VLM when asked.
+``rerank_options`` adds them (and the VLM runtime options, ``runtime_options``) to a
+command and hands it one ``rerank`` argument: None without ``--rerank``, else a
+``RerankRequest`` that loads the VLM when asked.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from ..pipeline import DEFAULT_RERANK_K, RerankOptions
 from .app import mmproj_option, rule_option, vlm_model_option
+from .runtime_options import VlmRuntime, vlm_runtime_options
 
 GATE_DEFAULT = 0.75
 
@@ -26,6 +28,7 @@ class RerankRequest:
     mmproj: str | None
     prompt: str | None
     explain: bool
+    runtime: VlmRuntime = field(default_factory=VlmRuntime)
 
     def scorer(self, offline: bool, announce: Callable[[str], None]):
         """Resolve (pulling if needed and allowed) the VLM and build the Scorer."""
@@ -38,7 +41,19 @@ class RerankRequest:
             from ..rerank.prompts import PromptTemplate
 
             kwargs["templates"] = PromptTemplate(self.prompt)
-        return Scorer.from_gguf(model, mmproj, rule=self.options.rule, embedding_cache=True, **kwargs)
+        scorer = Scorer.from_gguf(
+            model,
+            mmproj,
+            rule=self.options.rule,
+            embedding_cache=True,
+            **self.runtime.scorer_kwargs(),
+            **kwargs,
+        )
+        if self.explain:
+            fmt = getattr(scorer.backend, "chat_format", None)
+            if fmt is not None:
+                announce(fmt.describe())
+        return scorer
 
 
 def _prompt_text(value: str | None) -> str | None:
@@ -68,6 +83,7 @@ def rerank_options(fn: Callable) -> Callable:
         listwise,
         prompt,
         explain,
+        vlm_runtime,
         **kwargs,
     ):
         request = None
@@ -85,6 +101,7 @@ def rerank_options(fn: Callable) -> Callable:
                 mmproj=mmproj,
                 prompt=_prompt_text(prompt),
                 explain=explain,
+                runtime=vlm_runtime,
             )
         elif explain:
             raise click.UsageError("--explain shows the fine stage's numbers: add --rerank")
@@ -137,4 +154,4 @@ def rerank_options(fn: Callable) -> Callable:
             help="Show per result: coarse rank, CLIP score, P(True), entropy, enhancement.",
         ),
     ]
-    return functools.reduce(lambda f, opt: opt(f), reversed(options), wrapper)
+    return vlm_runtime_options(functools.reduce(lambda f, opt: opt(f), reversed(options), wrapper))

@@ -170,10 +170,11 @@ class LlamaMtmdScorer:
         model_path: str | Path,
         mmproj_path: str | Path | None,
         *,
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
         n_batch: int = 512,
         batch_size: int = 1,
         n_threads: int | None = None,
+        max_image_tokens: int | None = None,
         embedding_cache: EmbeddingCache | str | Path | bool | None = None,
         memory_cache_mb: float = 512.0,
         true_token: str | int | None = None,
@@ -193,6 +194,7 @@ class LlamaMtmdScorer:
             n_batch=n_batch,
             n_seq=batch_size,
             n_threads=n_threads,
+            max_image_tokens=max_image_tokens,
             kv_type=kv_type,
             flash_attn=flash_attn,
             extra_buffers=extra_buffers,
@@ -436,12 +438,7 @@ class LlamaMtmdScorer:
         self._reset()
         try:
             with self._tokenize(prompt, placeholders=False) as chunks:
-                n_cells = sum(ch.n_tokens for ch in chunks.items)
-                if n_cells > self.rt.n_ctx:
-                    raise BadInput(
-                        f"the prompt takes {n_cells} tokens, more than n_ctx ({self.rt.n_ctx})",
-                        hint="create the scorer with a larger n_ctx",
-                    )
+                self.rt.reserve(sum(ch.n_tokens for ch in chunks.items))
                 logits = self.rt.eval_chunks(chunks)
             self.stats.images_encoded += len(prompt.images)
             return logits
@@ -488,13 +485,9 @@ class LlamaMtmdScorer:
     def _eval_shared(self, runs: list[list[_Run]]) -> list[np.ndarray]:
         prefix, suffixes = _split_shared(runs)
         prefix_cells = sum(r.n_cells for r in prefix)
-        for rest in suffixes:
-            need = prefix_cells + sum(r.n_cells for r in rest)
-            if need > self.rt.n_ctx:
-                raise BadInput(
-                    f"a prompt takes {need} tokens, more than n_ctx ({self.rt.n_ctx})",
-                    hint="create the scorer with a larger n_ctx",
-                )
+        need = prefix_cells + max(sum(r.n_cells for r in rest) for rest in suffixes)
+        if self.rt.reserve(need):  # a new, larger context: sequence 0 holds nothing yet
+            self._reset()
         start = self._sync_prefix(prefix)
         results: list[np.ndarray | None] = [None] * len(runs)
         order = list(range(len(runs)))
