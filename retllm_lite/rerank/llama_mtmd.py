@@ -41,7 +41,7 @@ import numpy as np
 from retllm_lite.errors import BadInput, BadModelFile
 from retllm_lite.integrity import file_sha256
 from retllm_lite.rerank.chat_template import ChatFormat
-from retllm_lite.rerank.embedding_cache import EmbeddingCache
+from retllm_lite.rerank.embedding_cache import EmbeddingCache, cache_namespace
 from retllm_lite.rerank.images import RGBImage, load_rgb
 from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
 from retllm_lite.rerank.logits import AnswerProbs, ChoiceProbs, answer_probs, choice_probs
@@ -256,7 +256,8 @@ class LlamaMtmdScorer:
         if isinstance(spec, EmbeddingCache):
             return spec
         # hashed once per file version, not at every start (a real mmproj is hundreds of MB)
-        namespace = file_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
+        mmproj_sha = file_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
+        namespace = cache_namespace(mmproj_sha, self.rt.image_settings())
         root = None if spec is True else Path(spec)
         return EmbeddingCache(namespace, root)
 
@@ -479,7 +480,12 @@ class LlamaMtmdScorer:
                 raise BadInput("an image chunk has no embeddings (unknown image id)")
             n = seen.get(key, 0)
             seen[key] = n + 1
+            # an image seen twice (enhancement) repeats its chunks: chunk n is chunk n mod k
+            if embs[n % len(embs)].shape[0] != ch.n_tokens:
+                raise BadInput("an image's stored embeddings do not match its chunks in the prompt")
             out.append(_Run(("i", key, n % len(embs)), ch.n_pos, chunk=ch))
+        if any(n % len(self._embeddings[key]) for key, n in seen.items()):
+            raise BadInput("an image's stored embeddings do not match its chunks in the prompt")
         return out
 
     def _eval_shared(self, runs: list[list[_Run]]) -> list[np.ndarray]:
@@ -585,24 +591,30 @@ class LlamaMtmdScorer:
             self.stats.embedding_memory_hits += 1
             return
         if self._disk is not None:
-            arrays = self._disk.get(im.key)
-            if arrays and all(a.ndim == 2 and a.shape[1] == self.rt.n_embd for a in arrays):
+            # a hit must fit the chunks mtmd makes of this image now (placeholder: no pixels)
+            with self._image_chunks(im, placeholder=True) as chunks:
+                layout = chunks.image_layout()
+            arrays = self._disk.get(im.key, layout, self.rt.n_embd)
+            if arrays is not None:
                 self._embeddings[im.key] = arrays
                 self.stats.embedding_disk_hits += 1
                 return
-        bmp = self.rt.make_bitmap(im.width, im.height, im.data, im.key)
-        try:
-            chunks = self.rt.tokenize(self.rt.marker, [bmp], add_special=False)
-        finally:
-            self.rt.free_bitmap(bmp)
-        with chunks:
+        with self._image_chunks(im, placeholder=False) as chunks:
+            layout = chunks.image_layout()
             arrays = self.rt.encode_image_chunks(chunks)
         if not arrays:
             raise BadInput("the projector produced no image chunk for an image")
         self._embeddings[im.key] = arrays
         self.stats.images_encoded += 1
         if self._disk is not None:
-            self._disk.put(im.key, arrays)
+            self._disk.put(im.key, layout, arrays)
+
+    def _image_chunks(self, im: RGBImage, *, placeholder: bool) -> Chunks:
+        bmp = self.rt.make_bitmap(im.width, im.height, None if placeholder else im.data, im.key)
+        try:
+            return self.rt.tokenize(self.rt.marker, [bmp], add_special=False)
+        finally:
+            self.rt.free_bitmap(bmp)
 
     def _evict(self, keep: set[str]) -> None:
         total = sum(a.nbytes for arrs in self._embeddings.values() for a in arrs)

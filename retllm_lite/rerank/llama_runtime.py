@@ -56,6 +56,8 @@ class Chunk:
     image_id: str | None = None
     n_tokens: int = 0
     n_pos: int = 0
+    nx: int = 0  # image chunks: token grid (mtmd_image_tokens_get_nx / _ny)
+    ny: int = 0
 
 
 class Chunks:
@@ -75,6 +77,7 @@ class Chunks:
                 self.items.append(Chunk(CHUNK_TEXT, toks, c, n_tokens=len(toks), n_pos=len(toks)))
             elif kind == CHUNK_IMAGE:
                 cid = mtmd.mtmd_input_chunk_get_id(c)
+                img = mtmd.mtmd_input_chunk_get_tokens_image(c)
                 self.items.append(
                     Chunk(
                         CHUNK_IMAGE,
@@ -83,10 +86,16 @@ class Chunks:
                         image_id=cid.decode() if cid else None,
                         n_tokens=int(mtmd.mtmd_input_chunk_get_n_tokens(c)),
                         n_pos=int(mtmd.mtmd_input_chunk_get_n_pos(c)),
+                        nx=int(mtmd.mtmd_image_tokens_get_nx(img)) if img else 0,
+                        ny=int(mtmd.mtmd_image_tokens_get_ny(img)) if img else 0,
                     )
                 )
             else:
                 raise BadInput("only text and image inputs are supported")
+
+    def image_layout(self) -> tuple[tuple[int, int, int], ...]:
+        """Per image chunk, in order: (n_tokens, nx, ny), what cached embeddings must fit."""
+        return tuple((ch.n_tokens, ch.nx, ch.ny) for ch in self.items if ch.kind == CHUNK_IMAGE)
 
     def free(self) -> None:
         if self.handle:
