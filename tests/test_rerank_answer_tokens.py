@@ -1,7 +1,7 @@
 """Answer tokens are resolved in the chat's context; prompts follow the model's own template.
 
 For each chat template the registry's models use (Qwen2-VL's ChatML, Gemma, SmolVLM /
-Idefics3), on the tiny Gemma3 and the tiny Qwen2-VL: the "True"/"False" tokens are the ones
+Idefics3), on the tiny Gemma3, Qwen2-VL and SmolVLM: the "True"/"False" tokens are the ones
 the tokenizer puts right after the generation prompt, and the rendered prompt is what
 transformers' ``apply_chat_template`` renders from the same template.
 """
@@ -11,26 +11,19 @@ from __future__ import annotations
 import pytest
 from retllm_lite.quantize.tiny_qwen2vl import CHAT_TEMPLATE as QWEN2VL_TEMPLATE
 from retllm_lite.quantize.tiny_qwen2vl import DEFAULT_SYSTEM
+from retllm_lite.quantize.tiny_smolvlm import CHAT_TEMPLATE as SMOLVLM_TEMPLATE
 from retllm_lite.quantize.tiny_vlm import CHAT_TEMPLATE as GEMMA_TEMPLATE
 
 from retllm_lite.errors import BadModelFile
 from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
 from retllm_lite.rerank.scorer import Item
 
-# HuggingFaceTB/SmolVLM-Instruct's chat template: typed content only, "Assistant:" prompt.
-SMOLVLM_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
 TEMPLATES = {"gemma": GEMMA_TEMPLATE, "qwen2-vl chatml": QWEN2VL_TEMPLATE, "smolvlm": SMOLVLM_TEMPLATE}
 
 
 @pytest.fixture(scope="module")
-def models(tiny_vlm_f16, tiny_qwen2vl):
-    return {"gemma3": tiny_vlm_f16, "qwen2vl": tiny_qwen2vl}
+def models(tiny_vlm_f16, tiny_qwen2vl, tiny_smolvlm):
+    return {"gemma3": tiny_vlm_f16, "qwen2vl": tiny_qwen2vl, "smolvlm": tiny_smolvlm}
 
 
 def _scorer(files, template: str | None = None) -> LlamaMtmdScorer:
@@ -64,7 +57,7 @@ def _piece(scorer: LlamaMtmdScorer, token: int) -> str:
     return scorer.rt.token_text(token).replace("\u2581", " ")
 
 
-@pytest.mark.parametrize("model", ["gemma3", "qwen2vl"])
+@pytest.mark.parametrize("model", ["gemma3", "qwen2vl", "smolvlm"])
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_answer_token_is_the_one_after_the_generation_prompt(models, model, name):
     """Independent of our renderer: transformers renders the conversation with the answer,
@@ -72,20 +65,21 @@ def test_answer_token_is_the_one_after_the_generation_prompt(models, model, name
     template = TEMPLATES[name]
     with _scorer(models[model], template) as s:
         bos = s.rt.token_text(s.rt.llama.llama_vocab_bos(s.rt.vocab))
+        strip = bos if s.rt.llama.llama_vocab_get_add_bos(s.rt.vocab) else ""  # the tokenizer adds it
         tokens = {"bos_token": bos, "eos_token": s.rt.token_text(s.rt.llama.llama_vocab_eos(s.rt.vocab))}
         user = {"role": "user", "content": _content(template, "Is this a dog? Answer True or False.")}
         for word, token in (("True", s.true_id), ("False", s.false_id)):
             asked = _hf_render(template, [user], True, tokens)
             answer = {"role": "assistant", "content": _content(template, word)}
             answered = _hf_render(template, [user, answer], False, tokens)
-            prompt = _tokens(s, asked.removeprefix(bos))
-            full = _tokens(s, answered.removeprefix(bos))
+            prompt = _tokens(s, asked.removeprefix(strip))
+            full = _tokens(s, answered.removeprefix(strip))
             assert full[: len(prompt)] == prompt, name
             assert full[len(prompt)] == token, (name, _piece(s, full[len(prompt)]), _piece(s, token))
             piece = _piece(s, token)
             if name == "smolvlm":  # "Assistant:" is followed by " True"
                 assert piece == " " + word
-            elif model == "gemma3":  # "model\n" / "assistant\n" then "True", as written
+            elif model != "qwen2vl":  # "model\n" / "assistant\n" then "True", as written
                 assert piece == word
             else:
                 # llama.cpp's SentencePiece vocab without add_space_prefix=false (the
@@ -129,6 +123,18 @@ def test_gemma_prompt_equals_transformers_and_llama_cpp(tiny_vlm_f16, vlm_images
         assert jinja.chat_format.source == "jinja" and builtin.chat_format.source == "builtin"
 
 
+def test_listwise_digits_follow_the_space_smolvlm_puts_before_them(tiny_smolvlm, vlm_images, vlm_captions):
+    """SmolVLM's answer is " 2", and its tokenizer splits the space off digits: the listwise
+    prompt ends with that space, so the digit logits are read where the model emits one."""
+    with _scorer(tiny_smolvlm) as s:
+        layout = s.listwise_layout(vlm_images[0], vlm_captions[:3])
+        assert _piece(s, layout[-1].tokens[-1]) == " " and _piece(s, layout[-1].tokens[-2]) == ":"
+        assert [_piece(s, t) for t in s.choice_tokens(3)] == ["1", "2", "3"]
+        assert s.rt.answer_start("2", s.chat_template)[0] == " "
+        pick = s.pick_caption(vlm_images[0], vlm_captions[:3])
+        assert 0 <= pick.index < 3 and 0 < pick.mass <= 1
+
+
 def test_smolvlm_template_reads_typed_content(tiny_vlm_f16):
     """SmolVLM's template only reads [{"type": "text", ...}] content: the text is kept."""
     with _scorer(tiny_vlm_f16, SMOLVLM_TEMPLATE) as s:
@@ -163,9 +169,11 @@ def test_an_answer_the_template_does_not_continue_is_an_error(tiny_vlm_f16):
 
 def test_image_slot_survives_every_template(models, vlm_images):
     """The media marker reaches mtmd whichever template renders the prompt."""
-    for files in models.values():
+    for name, files in models.items():
+        counts = set()
         for template in TEMPLATES.values():
             with _scorer(files, template) as s:
                 layout = s.layout(Item(image=vlm_images[2]), "a red car")
-                assert [seg.kind for seg in layout].count("image") == 1
+                counts.add([seg.kind for seg in layout].count("image"))
                 assert 0 < s.score_pairs(Item(image=vlm_images[2]), ["a red car"])[0].p_true < 1
+        assert counts == {5 if name == "smolvlm" else 1}, name  # SmolVLM: 2 x 2 tiles + overview

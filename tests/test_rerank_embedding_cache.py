@@ -107,3 +107,25 @@ def test_another_image_token_budget_never_reads_the_entries(tiny_qwen2vl, tmp_pa
         assert default.stats.embedding_disk_hits == 0 and default.stats.images_encoded == 1
         assert _scores(got) == _scores(fresh.score_pairs(query, cands))
     assert len({p.parent.parent.name for p in cache.rglob("*.npz")}) == 2  # one namespace per budget
+
+
+def test_tiled_images_keep_every_tile_and_a_missing_tile_is_a_miss(tiny_smolvlm, tmp_path):
+    """SmolVLM cuts an image into tiles + an overview, one chunk each; the entry holds all."""
+    cache = tmp_path / "emb"
+    query, cands = Item(image=_photo((64, 48), 6)), ["a green field", "a red car"]
+    with _scorer(tiny_smolvlm, cache) as first:
+        want = first.score_pairs(query, cands, enhance="always")  # the tiles twice per prompt
+        n_chunks = sum(seg.kind == "image" for seg in first.layout(query, cands[0]))
+    assert n_chunks == 5  # 2 x 2 tiles + the overview
+    (entry,) = cache.rglob("*.npz")
+    with np.load(entry) as npz:
+        assert int(npz["n_chunks"]) == n_chunks
+        tiles = [npz[f"c{i}"] for i in range(n_chunks)]
+    with _scorer(tiny_smolvlm, cache) as hit:
+        assert _scores(hit.score_pairs(query, cands, enhance="always")) == _scores(want)
+        assert hit.stats.embedding_disk_hits == 1 and hit.stats.images_encoded == 0
+    # an entry one tile short (e.g. another tiling): not wrapped onto the missing tile
+    _rewrite(entry, n_chunks=np.int64(n_chunks - 1), **{f"c{i}": tiles[i] for i in range(n_chunks - 1)})
+    with _scorer(tiny_smolvlm, cache) as short:
+        assert _scores(short.score_pairs(query, cands, enhance="always")) == _scores(want)
+        assert short.stats.embedding_disk_hits == 0 and short.stats.images_encoded == 1

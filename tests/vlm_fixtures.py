@@ -1,10 +1,11 @@
-"""Session fixtures: tiny random Gemma3 and Qwen2-VL VLMs converted to GGUF.
+"""Session fixtures: tiny random Gemma3, Qwen2-VL and SmolVLM VLMs converted to GGUF.
 
 Built once per pytest session: the HF checkouts (``build_tiny_gemma3``,
-``build_tiny_qwen2vl``), llama.cpp's converter for the installed llama-cpp-python (from its
-sdist; set ``RETLLM_TEST_CONVERTER_DIR`` to keep the extracted converter between sessions),
-and conversions through ``convert_vlm``: Gemma3 f32 (+ f32 projector, for parity with
-transformers), f16 (+ f16 projector) and q8_0 (+ q8_0 projector); Qwen2-VL f16 + f16.
+``build_tiny_qwen2vl``, ``build_tiny_smolvlm``), llama.cpp's converter for the installed
+llama-cpp-python (from its sdist; set ``RETLLM_TEST_CONVERTER_DIR`` to keep the extracted
+converter between sessions), and conversions through ``convert_vlm``: Gemma3 f32 (+ f32
+projector, for parity with transformers), f16 (+ f16 projector) and q8_0 (+ q8_0
+projector); Qwen2-VL and SmolVLM f16 + f16.
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ def tiny_qwen2vl_hf(tmp_path_factory) -> Path:
 def tiny_qwen2vl(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory):
     """Tiny Qwen2-VL, f16 text model and projector (dynamic resolution, M-RoPE, ChatML)."""
     return _convert(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory, "f16", "f16", name="tiny-qwen2vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm(vlm_converter, tmp_path_factory):
+    """Tiny SmolVLM (Idefics3), f16 + f16: tiled images (up to 2 x 2 tiles + overview)."""
+    from retllm_lite.quantize.tiny_smolvlm import build_tiny_smolvlm
+
+    hf = build_tiny_smolvlm(tmp_path_factory.mktemp("tiny-smolvlm") / "hf")
+    return _convert(hf, vlm_converter, tmp_path_factory, "f16", "f16", name="tiny-smolvlm")
 
 
 @pytest.fixture(scope="session")

@@ -320,7 +320,16 @@ class LlamaMtmdScorer:
 
     def choice_tokens(self, k: int) -> list[int]:
         """Token ids of the digits "1".."k" the listwise answer is read from (in context)."""
-        return [self.rt.answer_token(str(i + 1), self.chat_template) for i in range(k)]
+        return [tok for _, tok in self._choices(k)]
+
+    def _choices(self, k: int) -> list[tuple[str, int]]:
+        """(lead, token) per digit: the listwise prompt ends with the lead (see answer_start)."""
+        out = [self.rt.answer_start(str(i + 1), self.chat_template) for i in range(k)]
+        if len({lead for lead, _ in out}) > 1:
+            raise BadModelFile(
+                f"the digits 1..{k} follow the chat template of {self.rt.model_path} differently"
+            )
+        return out
 
     @property
     def chat_format(self) -> ChatFormat:
@@ -350,7 +359,9 @@ class LlamaMtmdScorer:
     def _listwise_prompt(self, image: Any, captions: Sequence[str], template: str) -> _Prompt:
         parts = render_listwise(list(captions), template)
         img = load_rgb(image.image if isinstance(image, Item) else image)
-        return self._assemble(parts, img, None, system=None)
+        prompt = self._assemble(parts, img, None, system=None)
+        lead = self._choices(len(captions))[0][0]  # e.g. " " after SmolVLM's "Assistant:"
+        return _Prompt(prompt.text + lead, prompt.images) if lead else prompt
 
     def _segments(self, prompt: _Prompt) -> list[Segment]:
         with self._tokenize(prompt, placeholders=True) as chunks:

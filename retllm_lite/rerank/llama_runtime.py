@@ -213,6 +213,7 @@ class LlamaRuntime:
         self._model = self._ctx = self._mctx = None
         self._batch: Any = None
         self._renderers: dict[str, ChatRenderer] = {}
+        self._answers: dict[tuple[str, str], tuple[str, int]] = {}
         llama_log.install(verbose)
         llama_log.clear()
         llama.llama_backend_init()
@@ -472,6 +473,25 @@ class LlamaRuntime:
             if not 0 <= word < self.n_vocab:
                 raise BadInput(f"token id {word} is outside the vocabulary ({self.n_vocab})")
             return word
+        lead, tok = self.answer_start(word, template)
+        if lead:
+            raise BadModelFile(
+                f"after the chat template of {self.model_path} the answer {word!r} starts with a "
+                f"separate {lead!r} token",
+                hint="pass the answer token's id or exact piece (true_token= / false_token=)",
+            )
+        return tok
+
+    def answer_start(self, word: str, template: str) -> tuple[str, int]:
+        """``(lead, token)``: whitespace tokenised on its own before the answer, then its token.
+
+        ``lead`` is "" unless the tokenizer splits the space the template writes before the
+        answer off the answer itself (SmolVLM's ``Assistant:`` then " 1" with digits split
+        from spaces): then the prompt must end with ``lead`` for ``token`` to be next.
+        """
+        key = (word, template)
+        if key in self._answers:
+            return self._answers[key]
         user = [("user", _ANSWER_PROBE)]
         asked = self.apply_chat_template(template, user)
         answered = self.apply_chat_template(
@@ -486,18 +506,29 @@ class LlamaRuntime:
                 f"with the answer {word!r}",
                 hint=hint,
             )
-        tok = full[len(prompt)]
-        piece = self.token_text(tok)
-        for mark, plain in _SPACE_MARKS.items():
-            piece = piece.replace(mark, plain)
-        start = piece.lstrip()
-        if not start or not word.startswith(start):
+        k = len(prompt)
+        while k < len(full) - 1 and not self._plain_piece(full[k]).strip():
+            k += 1
+        lead = "".join(self._plain_piece(t) for t in full[len(prompt) : k])
+        start = self._plain_piece(full[k]).lstrip()
+        if (
+            not start
+            or not word.startswith(start)
+            or (lead and self._prompt_tokens(asked + lead) != full[:k])
+        ):
             raise BadModelFile(
                 f"after the chat template of {self.model_path} the answer {word!r} does not start "
-                f"a token (the next token is {piece!r})",
+                f"a token (the next token is {self._plain_piece(full[len(prompt)])!r})",
                 hint=hint,
             )
-        return tok
+        self._answers[key] = (lead, full[k])
+        return self._answers[key]
+
+    def _plain_piece(self, token: int) -> str:
+        piece = self.token_text(token)
+        for mark, plain in _SPACE_MARKS.items():
+            piece = piece.replace(mark, plain)
+        return piece
 
     def _prompt_tokens(self, text: str) -> list[int]:
         """Token ids of a rendered prompt, as mtmd tokenises it (special tokens, BOS)."""
