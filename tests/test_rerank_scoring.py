@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retllm_lite.rerank.embedding_cache import EmbeddingCache
+from retllm_lite.rerank.embedding_cache import EmbeddingCache, cache_namespace
 from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
 from retllm_lite.rerank.scorer import Enhance, Item, Scorer, rank_order
 
@@ -120,10 +120,13 @@ def test_default_disk_cache_lives_under_the_cache_dir(tiny_vlm_f16, vlm_images, 
                          n_threads=1) as s:  # fmt: skip
         s.score_pairs(Item(image=vlm_images[0]), ["a dog"])
         assert isinstance(s._disk, EmbeddingCache)
+        settings = s.rt.image_settings()
     root = isolated_dirs / "cache" / "retllm-lite" / "image-embeddings"
     assert len(list(root.rglob("*.npz"))) == 1
-    # keyed by the projector's sha256
-    assert next(root.iterdir()).name == tiny_vlm_f16.manifest["mmproj"]["sha256"][:32]
+    # keyed by the projector's sha256 and the runtime settings that shape its output
+    sha = tiny_vlm_f16.manifest["mmproj"]["sha256"]
+    assert next(root.iterdir()).name == cache_namespace(sha, settings)
+    assert cache_namespace(sha, settings).startswith(sha[:16] + "-")
 
 
 @pytest.mark.parametrize("signal", ["binary", "top10"])

@@ -208,6 +208,8 @@ def test_explain_table_and_gated_enhancement(corpus, vlm_dir):
     assert header[:7] == ["#", "score", "coarse#", "clip", "P(True)", "entropy", "enh"]
     rows = res.stdout.splitlines()[1:]
     assert len(rows) == 3 and all(line.split()[6] == "True" for line in rows)  # gate 0: every pair fires
+    # --explain says how the prompt was rendered: here the model's own Jinja template
+    assert "chat template: the model's own (Jinja" in res.stderr
     none_fire = search_json(
         index_dir,
         "a yellow triangle",

@@ -1,10 +1,11 @@
-"""Session fixtures: tiny random Gemma3 VLM converted to GGUF.
+"""Session fixtures: tiny random Gemma3, Qwen2-VL and SmolVLM VLMs converted to GGUF.
 
-Built once per pytest session: the HF checkout (``build_tiny_gemma3``), llama.cpp's
-converter for the installed llama-cpp-python (from its sdist; set
-``RETLLM_TEST_CONVERTER_DIR`` to keep the extracted converter between sessions), and three
-conversions through ``convert_vlm``: f32 (+ f32 projector, for parity with transformers),
-f16 (+ f16 projector) and q8_0 (+ q8_0 projector).
+Built once per pytest session: the HF checkouts (``build_tiny_gemma3``,
+``build_tiny_qwen2vl``, ``build_tiny_smolvlm``), llama.cpp's converter for the installed
+llama-cpp-python (from its sdist; set ``RETLLM_TEST_CONVERTER_DIR`` to keep the extracted
+converter between sessions), and conversions through ``convert_vlm``: Gemma3 f32 (+ f32
+projector, for parity with transformers), f16 (+ f16 projector) and q8_0 (+ q8_0
+projector); Qwen2-VL and SmolVLM f16 + f16.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def scene(index: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
     return img
 
 
+def photo(size: tuple[int, int], index: int = 0) -> Image.Image:
+    """A scene at a real photo's size (e.g. 4000 x 3000): the 64 x 64 scene scaled up."""
+    return scene(index).resize(size, Image.Resampling.BILINEAR)
+
+
 @pytest.fixture(scope="session")
 def vlm_images() -> list[Image.Image]:
     return [scene(i) for i in range(10)]
@@ -77,14 +83,15 @@ def tiny_vlm_hf(tmp_path_factory) -> Path:
     return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3") / "hf")
 
 
-def _convert(hf: Path, converter, tmp_path_factory, text_type: str, mmproj_type: str):
+def _convert(hf: Path, converter, tmp_path_factory, text_type: str, mmproj_type: str,
+             name: str = "tiny-gemma3"):  # fmt: skip
     from retllm_lite.quantize.vlm import convert_vlm
 
     from retllm_lite.rerank.manifest import read_manifest
 
-    out = tmp_path_factory.mktemp(f"vlm-{text_type}") / "model"
+    out = tmp_path_factory.mktemp(f"vlm-{name}-{text_type}") / "model"
     convert_vlm(hf, out, text_type=text_type, mmproj_type=mmproj_type, converter=converter,
-                name="tiny-gemma3", n_threads=1)  # fmt: skip
+                name=name, n_threads=1)  # fmt: skip
     return read_manifest(out)
 
 
@@ -120,6 +127,28 @@ def confident_scorer(vlm_converter, tmp_path_factory):
     scorer = LlamaMtmdScorer(files.model, files.mmproj, n_threads=1)
     yield scorer
     scorer.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl_hf(tmp_path_factory) -> Path:
+    from retllm_lite.quantize.tiny_qwen2vl import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl(tmp_path_factory.mktemp("tiny-qwen2vl") / "hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory):
+    """Tiny Qwen2-VL, f16 text model and projector (dynamic resolution, M-RoPE, ChatML)."""
+    return _convert(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory, "f16", "f16", name="tiny-qwen2vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm(vlm_converter, tmp_path_factory):
+    """Tiny SmolVLM (Idefics3), f16 + f16: tiled images (up to 2 x 2 tiles + overview)."""
+    from retllm_lite.quantize.tiny_smolvlm import build_tiny_smolvlm
+
+    hf = build_tiny_smolvlm(tmp_path_factory.mktemp("tiny-smolvlm") / "hf")
+    return _convert(hf, vlm_converter, tmp_path_factory, "f16", "f16", name="tiny-smolvlm")
 
 
 @pytest.fixture(scope="session")

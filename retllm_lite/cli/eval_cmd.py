@@ -21,6 +21,7 @@ from .app import (
     vlm_model_option,
 )
 from .output import emit_json, output_options
+from .runtime_options import vlm_runtime_options
 
 DEFAULT_LIMIT = 100
 
@@ -126,10 +127,7 @@ def _ints(values: tuple[str, ...], name: str) -> tuple[int, ...]:
     type=click.Path(path_type=Path),
     help="Write results.json, report.md and recall_at_1.png to this folder.",
 )
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for CLIP and the VLM.")
-@click.option(
-    "--n-ctx", type=click.IntRange(min=256), default=4096, show_default=True, help="VLM context size."
-)
+@vlm_runtime_options
 @offline_option
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @output_options()
@@ -154,8 +152,7 @@ def eval_cmd(
     no_fine,
     direction,
     out,
-    threads,
-    n_ctx,
+    vlm_runtime,
     offline,
     progress,
     output_format,
@@ -204,6 +201,7 @@ def eval_cmd(
         announce(f"evaluating the first {data.n_images} of {data.available} images (--limit 0: all)")
     show = progress_enabled(progress)
     clip_name = ensure_clip(clip_model, offline=offline, announce=announce, progress=show)
+    threads = vlm_runtime.threads  # CLIP's too
     encoder = load_encoder(clip_name, variant=variant, **({"threads": threads} if threads else {}))
     backend = None
     if settings.fine:
@@ -214,7 +212,7 @@ def eval_cmd(
             vlm_model, mmproj, offline=offline, announce=announce, progress=show
         )
         backend = LlamaMtmdScorer(
-            model_path, mmproj_path, n_ctx=n_ctx, n_threads=threads, embedding_cache=True
+            model_path, mmproj_path, embedding_cache=True, **vlm_runtime.scorer_kwargs()
         )
     bars = StageBars(show)
     cache = EvalCache()

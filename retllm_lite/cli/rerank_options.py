@@ -1,20 +1,22 @@
 """The fine-stage options of ``retllm search`` (``--rerank`` and friends).
 
-``rerank_options`` adds them to a command and hands it one ``rerank`` argument: None
-without ``--rerank``, else a ``RerankRequest`` that loads the VLM when asked.
+``rerank_options`` adds them (and the VLM runtime options, ``runtime_options``) to a
+command and hands it one ``rerank`` argument: None without ``--rerank``, else a
+``RerankRequest`` that loads the VLM when asked.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from ..pipeline import DEFAULT_RERANK_K, RerankOptions
 from .app import gate_signal_option, mmproj_option, rule_option, vlm_model_option
+from .runtime_options import VlmRuntime, vlm_runtime_options
 
 GATE_DEFAULT = 0.75
 
@@ -36,6 +38,7 @@ class RerankRequest:
     mmproj: str | None
     prompt: str | None
     explain: bool
+    runtime: VlmRuntime = field(default_factory=VlmRuntime)
 
     def scorer(self, offline: bool, announce: Callable[[str], None]):
         """Resolve (pulling if needed and allowed) the VLM and build the Scorer."""
@@ -51,7 +54,19 @@ class RerankRequest:
             from ..rerank.prompts import PromptTemplate
 
             kwargs["templates"] = PromptTemplate(self.prompt)
-        return Scorer.from_gguf(model, mmproj, rule=self.options.rule, embedding_cache=True, **kwargs)
+        scorer = Scorer.from_gguf(
+            model,
+            mmproj,
+            rule=self.options.rule,
+            embedding_cache=True,
+            **self.runtime.scorer_kwargs(),
+            **kwargs,
+        )
+        if self.explain:
+            fmt = getattr(scorer.backend, "chat_format", None)
+            if fmt is not None:
+                announce(fmt.describe())
+        return scorer
 
 
 def _prompt_text(value: str | None) -> str | None:
@@ -83,6 +98,7 @@ def rerank_options(fn: Callable) -> Callable:
         listwise,
         prompt,
         explain,
+        vlm_runtime,
         **kwargs,
     ):
         request = None
@@ -100,6 +116,7 @@ def rerank_options(fn: Callable) -> Callable:
                 mmproj=mmproj,
                 prompt=_prompt_text(prompt),
                 explain=explain,
+                runtime=vlm_runtime,
             )
         elif explain:
             raise click.UsageError("--explain shows the fine stage's numbers: add --rerank")
@@ -159,4 +176,4 @@ def rerank_options(fn: Callable) -> Callable:
             help="Show per result: coarse rank, CLIP score, P(True), entropy, enhancement.",
         ),
     ]
-    return functools.reduce(lambda f, opt: opt(f), reversed(options), wrapper)
+    return vlm_runtime_options(functools.reduce(lambda f, opt: opt(f), reversed(options), wrapper))

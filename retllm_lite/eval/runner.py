@@ -88,12 +88,15 @@ def describe_vlm(backend: Any) -> dict[str, Any]:
     rt = getattr(backend, "rt", None)
     if rt is None or getattr(rt, "model_path", None) is None:
         raise BadInput("this reranker does not say which model it runs", hint="pass vlm_identity={...}")
-    return {
+    out = {
         "model": str(rt.model_path),
         "model_sha256": file_sha256(rt.model_path),
         "mmproj": str(rt.mmproj_path),
         "mmproj_sha256": file_sha256(rt.mmproj_path) if rt.mmproj_path else None,
     }
+    if hasattr(rt, "image_settings"):  # llama.cpp build and image-token budget change the scores
+        out["images"] = rt.image_settings()
+    return out
 
 
 def _placeholder_image() -> Any:
@@ -322,7 +325,9 @@ class Evaluator:
         assert self.backend is not None and self.vlm is not None
         prompt = self.backend.render(*self._placeholder_pair(d), enhanced=enhanced)
         ids = [getattr(self.backend, "true_id", None), getattr(self.backend, "false_id", None)]
-        blob = json.dumps([self.vlm.get("model_sha256"), self.vlm.get("mmproj_sha256"), prompt, ids])
+        blob = json.dumps(
+            [self.vlm.get("model_sha256"), self.vlm.get("mmproj_sha256"), prompt, ids, self.vlm.get("images")]
+        )
         return fingerprint_bytes(blob.encode())
 
     def _fine_tables(
@@ -436,6 +441,7 @@ class Evaluator:
     ) -> ConfigResult:
         assert self.backend is not None and self.vlm is not None
         layout = [self.vlm.get("model_sha256"), self.vlm.get("mmproj_sha256"), LISTWISE_TEMPLATE]
+        layout.append(self.vlm.get("images"))
         layout.append(self.backend.render(*self._placeholder_pair("i2t")))  # the chat template
         ns = fingerprint_bytes(json.dumps(layout).encode())
         qkeys, gkeys = self.image_keys, self.text_keys

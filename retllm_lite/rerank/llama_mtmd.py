@@ -40,8 +40,9 @@ import numpy as np
 
 from retllm_lite.errors import BadInput, BadModelFile
 from retllm_lite.integrity import file_sha256
+from retllm_lite.rerank.chat_template import ChatFormat
 from retllm_lite.rerank.early_exit import ExitLayers, LayerCapture, OutputHead, exit_entropies
-from retllm_lite.rerank.embedding_cache import EmbeddingCache
+from retllm_lite.rerank.embedding_cache import EmbeddingCache, cache_namespace
 from retllm_lite.rerank.gating import Enhance, gate
 from retllm_lite.rerank.images import RGBImage, load_rgb
 from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
@@ -171,10 +172,11 @@ class LlamaMtmdScorer:
         model_path: str | Path,
         mmproj_path: str | Path | None,
         *,
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
         n_batch: int = 512,
         batch_size: int = 1,
         n_threads: int | None = None,
+        max_image_tokens: int | None = None,
         embedding_cache: EmbeddingCache | str | Path | bool | None = None,
         memory_cache_mb: float = 512.0,
         true_token: str | int | None = None,
@@ -207,6 +209,7 @@ class LlamaMtmdScorer:
             n_batch=n_batch,
             n_seq=batch_size,
             n_threads=n_threads,
+            max_image_tokens=max_image_tokens,
             kv_type=kv_type,
             flash_attn=flash_attn,
             extra_buffers=extra_buffers,
@@ -214,16 +217,21 @@ class LlamaMtmdScorer:
             capture=capture,
         )
         try:
-            self.true_id = self.rt.answer_token(ANSWER_TRUE if true_token is None else true_token)
-            self.false_id = self.rt.answer_token(ANSWER_FALSE if false_token is None else false_token)
-            if self.true_id == self.false_id:
-                raise BadModelFile(f"'True' and 'False' map to the same token in {model_path}")
             self.chat_template = chat_template or self.rt.chat_template()
             if not self.chat_template:
                 raise BadModelFile(
                     f"{model_path} carries no chat template",
                     hint="pass chat_template= (e.g. 'gemma' or 'chatml')",
                 )
+            # resolved in context: the token that follows this template's generation prompt
+            self.true_id = self.rt.answer_token(
+                ANSWER_TRUE if true_token is None else true_token, self.chat_template
+            )
+            self.false_id = self.rt.answer_token(
+                ANSWER_FALSE if false_token is None else false_token, self.chat_template
+            )
+            if self.true_id == self.false_id:
+                raise BadModelFile(f"'True' and 'False' map to the same token in {model_path}")
         except BaseException:
             self.rt.close()
             raise
@@ -264,7 +272,8 @@ class LlamaMtmdScorer:
         if isinstance(spec, EmbeddingCache):
             return spec
         # hashed once per file version, not at every start (a real mmproj is hundreds of MB)
-        namespace = file_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
+        mmproj_sha = file_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
+        namespace = cache_namespace(mmproj_sha, self.rt.image_settings())
         root = None if spec is True else Path(spec)
         return EmbeddingCache(namespace, root)
 
@@ -329,8 +338,22 @@ class LlamaMtmdScorer:
         return choice_probs(logits, self.choice_tokens(len(captions)))
 
     def choice_tokens(self, k: int) -> list[int]:
-        """Token ids of the digits "1".."k" the listwise answer is read from."""
-        return [self.rt.answer_token(str(i + 1)) for i in range(k)]
+        """Token ids of the digits "1".."k" the listwise answer is read from (in context)."""
+        return [tok for _, tok in self._choices(k)]
+
+    def _choices(self, k: int) -> list[tuple[str, int]]:
+        """(lead, token) per digit: the listwise prompt ends with the lead (see answer_start)."""
+        out = [self.rt.answer_start(str(i + 1), self.chat_template) for i in range(k)]
+        if len({lead for lead, _ in out}) > 1:
+            raise BadModelFile(
+                f"the digits 1..{k} follow the chat template of {self.rt.model_path} differently"
+            )
+        return out
+
+    @property
+    def chat_format(self) -> ChatFormat:
+        """How prompts are rendered: the model's Jinja template or a llama.cpp built-in."""
+        return self.rt.chat_format(self.chat_template)
 
     def render(self, query: Item | Any, candidate: Item | Any, *, enhanced: bool = False) -> str:
         """The exact prompt text (media markers where images go) for one pair."""
@@ -355,7 +378,9 @@ class LlamaMtmdScorer:
     def _listwise_prompt(self, image: Any, captions: Sequence[str], template: str) -> _Prompt:
         parts = render_listwise(list(captions), template)
         img = load_rgb(image.image if isinstance(image, Item) else image)
-        return self._assemble(parts, img, None, system=None)
+        prompt = self._assemble(parts, img, None, system=None)
+        lead = self._choices(len(captions))[0][0]  # e.g. " " after SmolVLM's "Assistant:"
+        return _Prompt(prompt.text + lead, prompt.images) if lead else prompt
 
     def _segments(self, prompt: _Prompt) -> list[Segment]:
         with self._tokenize(prompt, placeholders=True) as chunks:
@@ -474,12 +499,7 @@ class LlamaMtmdScorer:
         self._reset()
         try:
             with self._tokenize(prompt, placeholders=False) as chunks:
-                n_cells = sum(ch.n_tokens for ch in chunks.items)
-                if n_cells > self.rt.n_ctx:
-                    raise BadInput(
-                        f"the prompt takes {n_cells} tokens, more than n_ctx ({self.rt.n_ctx})",
-                        hint="create the scorer with a larger n_ctx",
-                    )
+                self.rt.reserve(sum(ch.n_tokens for ch in chunks.items))
                 logits = self.rt.eval_chunks(chunks)
             self.stats.images_encoded += len(prompt.images)
             return logits
@@ -520,19 +540,20 @@ class LlamaMtmdScorer:
                 raise BadInput("an image chunk has no embeddings (unknown image id)")
             n = seen.get(key, 0)
             seen[key] = n + 1
+            # an image seen twice (enhancement) repeats its chunks: chunk n is chunk n mod k
+            if embs[n % len(embs)].shape[0] != ch.n_tokens:
+                raise BadInput("an image's stored embeddings do not match its chunks in the prompt")
             out.append(_Run(("i", key, n % len(embs)), ch.n_pos, chunk=ch))
+        if any(n % len(self._embeddings[key]) for key, n in seen.items()):
+            raise BadInput("an image's stored embeddings do not match its chunks in the prompt")
         return out
 
     def _eval_shared(self, runs: list[list[_Run]]) -> list[np.ndarray]:
         prefix, suffixes = _split_shared(runs)
         prefix_cells = sum(r.n_cells for r in prefix)
-        for rest in suffixes:
-            need = prefix_cells + sum(r.n_cells for r in rest)
-            if need > self.rt.n_ctx:
-                raise BadInput(
-                    f"a prompt takes {need} tokens, more than n_ctx ({self.rt.n_ctx})",
-                    hint="create the scorer with a larger n_ctx",
-                )
+        need = prefix_cells + max(sum(r.n_cells for r in rest) for rest in suffixes)
+        if self.rt.reserve(need):  # a new, larger context: sequence 0 holds nothing yet
+            self._reset()
         start = self._sync_prefix(prefix)
         results: list[np.ndarray | None] = [None] * len(runs)
         order = list(range(len(runs)))
@@ -631,24 +652,30 @@ class LlamaMtmdScorer:
             self.stats.embedding_memory_hits += 1
             return
         if self._disk is not None:
-            arrays = self._disk.get(im.key)
-            if arrays and all(a.ndim == 2 and a.shape[1] == self.rt.n_embd for a in arrays):
+            # a hit must fit the chunks mtmd makes of this image now (placeholder: no pixels)
+            with self._image_chunks(im, placeholder=True) as chunks:
+                layout = chunks.image_layout()
+            arrays = self._disk.get(im.key, layout, self.rt.n_embd)
+            if arrays is not None:
                 self._embeddings[im.key] = arrays
                 self.stats.embedding_disk_hits += 1
                 return
-        bmp = self.rt.make_bitmap(im.width, im.height, im.data, im.key)
-        try:
-            chunks = self.rt.tokenize(self.rt.marker, [bmp], add_special=False)
-        finally:
-            self.rt.free_bitmap(bmp)
-        with chunks:
+        with self._image_chunks(im, placeholder=False) as chunks:
+            layout = chunks.image_layout()
             arrays = self.rt.encode_image_chunks(chunks)
         if not arrays:
             raise BadInput("the projector produced no image chunk for an image")
         self._embeddings[im.key] = arrays
         self.stats.images_encoded += 1
         if self._disk is not None:
-            self._disk.put(im.key, arrays)
+            self._disk.put(im.key, layout, arrays)
+
+    def _image_chunks(self, im: RGBImage, *, placeholder: bool) -> Chunks:
+        bmp = self.rt.make_bitmap(im.width, im.height, None if placeholder else im.data, im.key)
+        try:
+            return self.rt.tokenize(self.rt.marker, [bmp], add_special=False)
+        finally:
+            self.rt.free_bitmap(bmp)
 
     def _evict(self, keep: set[str]) -> None:
         total = sum(a.nbytes for arrs in self._embeddings.values() for a in arrs)

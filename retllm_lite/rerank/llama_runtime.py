@@ -1,9 +1,21 @@
 """A llama.cpp text model + mtmd projector, loaded through llama-cpp-python's C bindings.
 
-Holds the handles and the low-level operations the scorer needs: chat-template rendering,
-multimodal tokenisation, decoding token runs and pre-encoded image chunks on given
-sequences, reading logits, and looking answer words up in the vocabulary. Files are checked
-(``gguf_header``) before llama.cpp opens them.
+Holds the handles and the low-level operations the scorer needs: chat-template rendering
+(``chat_template``), multimodal tokenisation, decoding token runs and pre-encoded image
+chunks on given sequences, reading logits, and finding the token an answer starts with
+after the generation prompt. Files are checked (``gguf_header``) before llama.cpp opens
+them.
+
+Capacity: the context is sized from the prompts (``reserve``: the image chunks' token
+counts are known once a prompt is tokenised, before anything is decoded) unless ``n_ctx``
+is given; an image's tokens must fit one ``n_batch`` only where mtmd decodes them with
+non-causal attention (Gemma3); ``max_image_tokens`` is mtmd's per-image token budget
+(``image_max_tokens``: mtmd resizes the image, aspect ratio kept, to multiples of
+patch x merge, as transformers' ``smart_resize`` does). By default the Qwen-VL family gets
+its authors' budget, 256 to 512 tokens per image (min_pixels 256*28*28, max_pixels
+512*28*28); other models keep mtmd's own sizing (Gemma3: always 256; SmolVLM: tiles up to
+the processor's longest edge). An explicit budget applies to every dynamic-resolution
+projector; 0 keeps mtmd's own limits everywhere.
 """
 
 from __future__ import annotations
@@ -19,11 +31,19 @@ import numpy as np
 
 from retllm_lite.errors import BadInput, BadModelFile, ModelNotFound, require
 from retllm_lite.rerank import llama_log
+from retllm_lite.rerank.chat_template import ChatFormat, ChatRenderer, Messages
 from retllm_lite.rerank.gguf_header import GGUFInfo, read_gguf_header
 
 CHUNK_TEXT = 0
 CHUNK_IMAGE = 1
-_SPACE_VARIANTS = ("{w}", " {w}", "\u2581{w}", "\u0120{w}")
+# Qwen2-VL's authors' processor budget (README): min_pixels 256*28*28, max_pixels 512*28*28.
+DEFAULT_MAX_IMAGE_TOKENS = 512
+QWEN_MIN_IMAGE_TOKENS = 256
+_QWEN_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
+_AUTO_CTX_START = 2048
+_CTX_STEP = 256
+_SPACE_MARKS = {"\u2581": " ", "\u0120": " ", "\u010a": "\n"}  # SentencePiece / byte-level BPE
+_ANSWER_PROBE = "Answer True or False."
 
 
 @dataclass
@@ -36,6 +56,8 @@ class Chunk:
     image_id: str | None = None
     n_tokens: int = 0
     n_pos: int = 0
+    nx: int = 0  # image chunks: token grid (mtmd_image_tokens_get_nx / _ny)
+    ny: int = 0
 
 
 class Chunks:
@@ -55,6 +77,7 @@ class Chunks:
                 self.items.append(Chunk(CHUNK_TEXT, toks, c, n_tokens=len(toks), n_pos=len(toks)))
             elif kind == CHUNK_IMAGE:
                 cid = mtmd.mtmd_input_chunk_get_id(c)
+                img = mtmd.mtmd_input_chunk_get_tokens_image(c)
                 self.items.append(
                     Chunk(
                         CHUNK_IMAGE,
@@ -63,10 +86,16 @@ class Chunks:
                         image_id=cid.decode() if cid else None,
                         n_tokens=int(mtmd.mtmd_input_chunk_get_n_tokens(c)),
                         n_pos=int(mtmd.mtmd_input_chunk_get_n_pos(c)),
+                        nx=int(mtmd.mtmd_image_tokens_get_nx(img)) if img else 0,
+                        ny=int(mtmd.mtmd_image_tokens_get_ny(img)) if img else 0,
                     )
                 )
             else:
                 raise BadInput("only text and image inputs are supported")
+
+    def image_layout(self) -> tuple[tuple[int, int, int], ...]:
+        """Per image chunk, in order: (n_tokens, nx, ny), what cached embeddings must fit."""
+        return tuple((ch.n_tokens, ch.nx, ch.ny) for ch in self.items if ch.kind == CHUNK_IMAGE)
 
     def free(self) -> None:
         if self.handle:
@@ -115,6 +144,27 @@ def check_vlm_files(model_path: str | Path, mmproj_path: str | Path | None) -> t
     return info, proj
 
 
+def runtime_version(llama: Any, mtmd: Any) -> str:
+    """The llama.cpp build: llama-cpp-python's version and a hash of the libmtmd it loaded."""
+    from retllm_lite.integrity import file_sha256
+
+    version = getattr(llama, "__version__", None) or _package_version()
+    lib = getattr(getattr(mtmd, "_libmtmd", None), "_name", None)
+    digest = "unknown"
+    if lib and Path(lib).is_file():
+        digest = file_sha256(Path(lib))[:16]
+    return f"llama-cpp-python {version}, libmtmd {digest}"
+
+
+def _package_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def use_extra_buffers(llama: Any) -> bool:
     """Weight repacking (extra CPU buffer types), except on CPUs with AMX.
 
@@ -135,10 +185,11 @@ class LlamaRuntime:
         model_path: str | Path,
         mmproj_path: str | Path | None,
         *,
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
         n_batch: int = 512,
         n_seq: int = 1,
         n_threads: int | None = None,
+        max_image_tokens: int | None = None,
         kv_type: str = "f16",
         flash_attn: bool = False,
         extra_buffers: bool | None = None,
@@ -153,15 +204,23 @@ class LlamaRuntime:
         self.mtmd = require("llama_cpp.mtmd_cpp", "rerank", "VLM reranking")
         if kv_type not in ("f16", "f32"):
             raise BadInput(f"kv_type must be f16 or f32, not {kv_type}")
-        if n_seq < 1 or n_batch < 1 or n_ctx < n_batch:
+        if n_seq < 1 or n_batch < 1 or (n_ctx is not None and n_ctx < n_batch):
             raise BadInput("need n_seq >= 1, n_batch >= 1 and n_ctx >= n_batch")
+        if max_image_tokens is not None and max_image_tokens < 0:
+            raise BadInput(
+                f"max_image_tokens must be 0 (the model's own) or more, not {max_image_tokens}",
+                hint="e.g. 512 (Qwen2-VL's authors' budget)",
+            )
         llama, mtmd = self.llama, self.mtmd
         self._model = self._ctx = self._mctx = None
         self._batch: Any = None
+        self._renderers: dict[str, ChatRenderer] = {}
+        self._answers: dict[tuple[str, str], tuple[str, int]] = {}
         llama_log.install(verbose)
         llama_log.clear()
         llama.llama_backend_init()
         threads = n_threads or max(1, os.cpu_count() or 1)
+        self.n_threads = threads
 
         mparams = llama.llama_model_default_params()
         mparams.n_gpu_layers = 0
@@ -175,43 +234,21 @@ class LlamaRuntime:
         self.vocab = llama.llama_model_get_vocab(self._model)
         self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
 
-        # Sequence 0 holds the shared prefix; candidates use sequences 1..n_seq.
+        self.n_ctx_train = int(llama.llama_model_n_ctx_train(self._model))
         # One candidate at a time (n_seq 1): a unified cache, the candidate's cells follow
         # the prefix's exactly as in a fresh evaluation, so scores are bit-identical to it.
         # Several at once: one stream per sequence (seq_cp copies the prefix's stream), so
         # each candidate still sees the same cell layout; only kernel shapes change.
         self.unified = n_seq == 1
-        cparams = llama.llama_context_default_params()
-        cparams.n_ctx = n_ctx if self.unified else n_ctx * (n_seq + 1)
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = n_batch  # image embeddings decode in one ubatch (non-causal)
-        cparams.n_seq_max = n_seq + 1
-        cparams.kv_unified = self.unified
-        cparams.swa_full = True  # keep every cell so sequences can be copied and trimmed
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        cparams.no_perf = True
-        # Flash attention off: on CPU it is not faster at these lengths and its f16
-        # accumulation makes results depend on batch layout (fast vs naive path).
-        cparams.flash_attn_type = 1 if flash_attn else 0
-        ftype = llama.GGML_TYPE_F32 if kv_type == "f32" else llama.GGML_TYPE_F16
-        cparams.type_k = ftype
-        cparams.type_v = ftype
-        self.capture = capture
-        if capture is not None:
-            cparams.cb_eval = capture.callback
-            cparams.cb_eval_user_data = None
-        self._ctx = llama.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            self.close()
-            raise BadModelFile(
-                f"llama.cpp cannot create a context for {self.model_path}: {llama_log.last_error()}",
-                hint="try a smaller n_ctx",
-            )
-        self.n_ctx = n_ctx  # tokens one prompt (prefix + candidate) may take
         self.n_batch = n_batch
         self.n_seq = n_seq
-        self.mem = llama.llama_get_memory(self._ctx)
+        self._kv_type = llama.GGML_TYPE_F32 if kv_type == "f32" else llama.GGML_TYPE_F16
+        self.capture = capture
+        self._flash_attn = flash_attn
+        self.auto_ctx = n_ctx is None  # sized from the prompts (``reserve``)
+        start = n_ctx if n_ctx is not None else max(n_batch, min(_AUTO_CTX_START, self.n_ctx_train))
+        self.n_ctx = 0
+        self._new_context(start)
 
         mp = mtmd.mtmd_context_params_default()
         mp.use_gpu = False
@@ -222,6 +259,16 @@ class LlamaRuntime:
         # K and V to f16: up to 6e-4 relative error in the image embeddings (measured on the
         # tiny Gemma3 against transformers). Off unless asked for, as on the text side.
         mp.flash_attn_type = 1 if flash_attn else 0
+        qwen = self.mmproj_info.metadata.get("clip.projector_type") in _QWEN_PROJECTORS
+        if max_image_tokens is None:
+            max_image_tokens = DEFAULT_MAX_IMAGE_TOKENS if qwen else 0
+        self.max_image_tokens: int | None = max_image_tokens or None  # None: mtmd's own
+        self.min_image_tokens: int | None = None
+        if self.max_image_tokens is not None:
+            mp.image_max_tokens = self.max_image_tokens
+            if qwen:
+                self.min_image_tokens = min(QWEN_MIN_IMAGE_TOKENS, self.max_image_tokens)
+                mp.image_min_tokens = self.min_image_tokens
         self._mctx = mtmd.mtmd_init_from_file(str(self.mmproj_path).encode(), self._model, mp)
         if not self._mctx:
             self.close()
@@ -237,6 +284,72 @@ class LlamaRuntime:
         self.n_embd = int(llama.llama_model_n_embd_inp(self._model))
         self._batch = llama.llama_batch_init(n_batch, 0, 1)
         self._no_callback = mtmd.mtmd_helper_post_decode_callback()
+
+    def _new_context(self, n_ctx: int) -> None:
+        """Create the llama context for prompts of up to ``n_ctx`` cells (per sequence)."""
+        llama = self.llama
+        cparams = llama.llama_context_default_params()
+        cparams.n_ctx = n_ctx if self.unified else n_ctx * (self.n_seq + 1)
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch  # non-causal image embeddings decode in one ubatch
+        cparams.n_seq_max = self.n_seq + 1
+        cparams.kv_unified = self.unified
+        cparams.swa_full = True  # keep every cell so sequences can be copied and trimmed
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.no_perf = True
+        # Flash attention off: on CPU it is not faster at these lengths and its f16
+        # accumulation makes results depend on batch layout (fast vs naive path).
+        cparams.flash_attn_type = 1 if self._flash_attn else 0
+        cparams.type_k = self._kv_type
+        cparams.type_v = self._kv_type
+        if self.capture is not None:  # early-exit capture (early_exit.LayerCapture)
+            cparams.cb_eval = self.capture.callback
+            cparams.cb_eval_user_data = None
+        self._ctx = llama.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise BadModelFile(
+                f"llama.cpp cannot create a {n_ctx}-token context for {self.model_path}: "
+                f"{llama_log.last_error()}",
+                hint="pass a smaller --n-ctx or --max-image-tokens",
+            )
+        self.n_ctx = n_ctx  # tokens one prompt (prefix + candidate) may take
+        self.mem = llama.llama_get_memory(self._ctx)
+
+    def image_settings(self) -> dict[str, Any]:
+        """What decides the projector's output for a picture, besides the mmproj file."""
+        return {
+            "runtime": runtime_version(self.llama, self.mtmd),
+            "image_tokens": [self.min_image_tokens, self.max_image_tokens],
+            "vision_flash_attn": self._flash_attn,
+        }
+
+    def reserve(self, n_cells: int) -> bool:
+        """Room for a prompt of ``n_cells`` KV cells; True if the context was re-created (empty).
+
+        With ``n_ctx`` given, a longer prompt is a ``BadInput``; else the context grows (at
+        least doubling, in steps of 256, up to the model's training context).
+        """
+        self._live()
+        if n_cells <= self.n_ctx:
+            return False
+        if not self.auto_ctx:
+            raise BadInput(
+                f"the prompt takes {n_cells} tokens, more than n_ctx ({self.n_ctx})",
+                hint="pass a larger --n-ctx (n_ctx=), or none to size the context from the prompt",
+            )
+        if n_cells > self.n_ctx_train:
+            raise BadInput(
+                f"the prompt takes {n_cells} tokens, more than {self.model_path.name} was trained "
+                f"for ({self.n_ctx_train})",
+                hint="lower --max-image-tokens or shorten the prompt",
+            )
+        size = min(self.n_ctx_train, max(-(-n_cells // _CTX_STEP) * _CTX_STEP, 2 * self.n_ctx))
+        self.llama.llama_free(self._ctx)
+        self._ctx = None
+        self._new_context(size)
+        return True
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -269,7 +382,56 @@ class LlamaRuntime:
         tmpl = self.llama.llama_model_chat_template(self._model, None)
         return tmpl.decode() if tmpl else None
 
-    def apply_chat_template(self, template: str, messages: Sequence[tuple[str, str]]) -> str:
+    def builtin_templates(self) -> list[str]:
+        """Names of llama.cpp's built-in chat formats (``llama_chat_builtin_templates``)."""
+        llama = self.llama
+        n = llama.llama_chat_builtin_templates(None, 0)
+        arr = (ctypes.c_char_p * max(1, n))()
+        n = llama.llama_chat_builtin_templates(arr, n)
+        return [arr[i].decode() for i in range(max(0, n))]
+
+    def chat_renderer(self, template: str) -> ChatRenderer:
+        """The renderer for ``template`` (the model's Jinja template, or a built-in name)."""
+        renderer = self._renderers.get(template)
+        if renderer is None:
+            renderer = self._renderers[template] = ChatRenderer(
+                template,
+                self._builtin_render,
+                special_tokens=self._special_token_texts(),
+                add_bos=bool(self.llama.llama_vocab_get_add_bos(self.vocab)),
+                builtin_names=self.builtin_templates(),
+            )
+        return renderer
+
+    def chat_format(self, template: str) -> ChatFormat:
+        return self.chat_renderer(template).format
+
+    def apply_chat_template(
+        self, template: str, messages: Messages, *, add_generation_prompt: bool = True
+    ) -> str:
+        """Render ``messages`` with ``template`` (see ``chat_template``)."""
+        try:
+            return self.chat_renderer(template).render(messages, add_generation_prompt)
+        except BadModelFile:
+            raise
+        except Exception as exc:  # the model's Jinja template raised (raise_exception, ...)
+            raise BadInput(
+                f"the chat template of {self.model_path} cannot render this prompt: {exc}",
+                hint="pass chat_template= with a built-in name such as 'chatml', or change the prompt",
+            ) from None
+
+    def _special_token_texts(self) -> dict[str, str]:
+        llama, vocab = self.llama, self.vocab
+        out = {}
+        for name, fn in (("bos_token", llama.llama_vocab_bos), ("eos_token", llama.llama_vocab_eos),
+                         ("pad_token", llama.llama_vocab_pad)):  # fmt: skip
+            tok = int(fn(vocab))
+            if 0 <= tok < self.n_vocab:
+                out[name] = self.token_text(tok)
+        return out
+
+    def _builtin_render(self, template: str, messages: Messages, add_generation_prompt: bool) -> str:
+        """llama.cpp's ``llama_chat_apply_template`` (its built-in formats, picked by heuristic)."""
         llama = self.llama
         arr = (llama.llama_chat_message * len(messages))(
             *[llama.llama_chat_message(r.encode(), c.encode()) for r, c in messages]
@@ -278,7 +440,7 @@ class LlamaRuntime:
         tmpl = template.encode()
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
-            n = llama.llama_chat_apply_template(tmpl, arr, len(messages), True, buf, size)
+            n = llama.llama_chat_apply_template(tmpl, arr, len(messages), add_generation_prompt, buf, size)
             if n < 0:
                 raise BadModelFile(
                     f"llama.cpp does not recognise the chat template of {self.model_path}",
@@ -304,24 +466,80 @@ class LlamaRuntime:
         raw = self.llama.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
 
-    def answer_token(self, word: str | int) -> int:
-        """The single vocabulary token for an answer word, trying leading-space variants."""
+    def answer_token(self, word: str | int, template: str) -> int:
+        """The token the model emits first when it answers ``word``, in the chat's context.
+
+        The prompt is rendered with ``template`` once with the generation prompt and once
+        with ``word`` as the assistant's reply; both are tokenised as the scorer tokenises
+        prompts, and the first token the answered one adds is the answer token. After
+        ChatML's ``assistant\\n`` or Gemma's ``model\\n`` that is usually "True"; after
+        SmolVLM's ``Assistant:`` it is " True". An int is taken as a token id as is.
+        """
         if isinstance(word, int):
             if not 0 <= word < self.n_vocab:
                 raise BadInput(f"token id {word} is outside the vocabulary ({self.n_vocab})")
             return word
-        for variant in _SPACE_VARIANTS[:2]:
-            toks = self.tokenize_text(variant.format(w=word))
-            if len(toks) == 1:
-                return toks[0]
-        wanted = {v.format(w=word) for v in _SPACE_VARIANTS}
-        for tok in range(self.n_vocab):
-            if self.token_text(tok) in wanted:
-                return tok
-        raise BadModelFile(
-            f"the vocabulary of {self.model_path} has no single token for {word!r}",
-            hint="pass the answer token's id or exact piece (true_token= / false_token=)",
+        lead, tok = self.answer_start(word, template)
+        if lead:
+            raise BadModelFile(
+                f"after the chat template of {self.model_path} the answer {word!r} starts with a "
+                f"separate {lead!r} token",
+                hint="pass the answer token's id or exact piece (true_token= / false_token=)",
+            )
+        return tok
+
+    def answer_start(self, word: str, template: str) -> tuple[str, int]:
+        """``(lead, token)``: whitespace tokenised on its own before the answer, then its token.
+
+        ``lead`` is "" unless the tokenizer splits the space the template writes before the
+        answer off the answer itself (SmolVLM's ``Assistant:`` then " 1" with digits split
+        from spaces): then the prompt must end with ``lead`` for ``token`` to be next.
+        """
+        key = (word, template)
+        if key in self._answers:
+            return self._answers[key]
+        user = [("user", _ANSWER_PROBE)]
+        asked = self.apply_chat_template(template, user)
+        answered = self.apply_chat_template(
+            template, [*user, ("assistant", word)], add_generation_prompt=False
         )
+        prompt = self._prompt_tokens(asked)
+        full = self._prompt_tokens(answered)
+        hint = "pass the answer token's id or exact piece (true_token= / false_token=)"
+        if full[: len(prompt)] != prompt or len(full) == len(prompt):
+            raise BadModelFile(
+                f"the chat template of {self.model_path} does not continue its generation prompt "
+                f"with the answer {word!r}",
+                hint=hint,
+            )
+        k = len(prompt)
+        while k < len(full) - 1 and not self._plain_piece(full[k]).strip():
+            k += 1
+        lead = "".join(self._plain_piece(t) for t in full[len(prompt) : k])
+        start = self._plain_piece(full[k]).lstrip()
+        if (
+            not start
+            or not word.startswith(start)
+            or (lead and self._prompt_tokens(asked + lead) != full[:k])
+        ):
+            raise BadModelFile(
+                f"after the chat template of {self.model_path} the answer {word!r} does not start "
+                f"a token (the next token is {self._plain_piece(full[len(prompt)])!r})",
+                hint=hint,
+            )
+        self._answers[key] = (lead, full[k])
+        return self._answers[key]
+
+    def _plain_piece(self, token: int) -> str:
+        piece = self.token_text(token)
+        for mark, plain in _SPACE_MARKS.items():
+            piece = piece.replace(mark, plain)
+        return piece
+
+    def _prompt_tokens(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt, as mtmd tokenises it (special tokens, BOS)."""
+        with self.tokenize(text, []) as chunks:
+            return [t for ch in chunks.items for t in ch.tokens]
 
     # -- multimodal tokenisation ----------------------------------------------------------
 
@@ -378,10 +596,15 @@ class LlamaRuntime:
         return out
 
     def _check_image_fits(self, ch: Chunk) -> None:
-        if ch.n_tokens > self.n_batch:
+        """Non-causal image attention (Gemma3) needs the whole image in one ubatch (= n_batch).
+
+        Causal models (Qwen2-VL, SmolVLM) decode an image's embeddings in n_batch pieces.
+        """
+        if ch.n_tokens > self.n_batch and self.mtmd.mtmd_decode_use_non_causal(self._mctx, ch.handle):
             raise BadInput(
-                f"an image takes {ch.n_tokens} tokens but n_batch is {self.n_batch}",
-                hint=f"create the scorer with n_batch >= {ch.n_tokens}",
+                f"an image takes {ch.n_tokens} tokens, which {self.model_path.name} decodes in one "
+                f"batch, but n_batch is {self.n_batch}",
+                hint=f"pass --n-batch {ch.n_tokens} (n_batch=) or a smaller --max-image-tokens",
             )
 
     # -- decoding -------------------------------------------------------------------------
