@@ -43,6 +43,34 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     return info
 
 
+def physical_cores(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
+    """Cores this process may use, counting SMT siblings once (llama.cpp's best thread count).
+
+    Distinct (physical id, core id) pairs of the CPUs in this process's affinity mask; where
+    /proc/cpuinfo does not say (other systems, some VMs), the usable logical CPU count.
+    """
+    try:
+        usable = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = set(range(os.cpu_count() or 1))
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return max(1, len(usable))
+    cores: set[tuple[str, str]] = set()
+    proc: dict[str, str] = {}
+    for line in [*text.splitlines(), ""]:
+        key, _, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if not key:
+            if "processor" in proc and "core id" in proc and int(proc["processor"]) in usable:
+                cores.add((proc.get("physical id", "0"), proc["core id"]))
+            proc = {}
+        else:
+            proc[key] = value
+    return max(1, len(cores) if cores else len(usable))
+
+
 def int8_kernels(info: dict[str, Any]) -> str:
     """The int8 GEMM family this CPU gets: 'amx', 'vnni', 'avx2', 'neon-dot', ... or 'unknown'."""
     f = info.get("features") or {}

@@ -132,3 +132,19 @@ def test_table_never_prints_control_characters_from_names(photos, tiny_clip_dir,
     res = invoke("search", "--image", evil, "--index", index_dir, "-k", "1")
     assert "\x1b" not in res.stdout and "\\x1b[2J\\x0aname.jpg" in res.stdout
     assert len(res.stdout.splitlines()) == 2
+
+
+def test_physical_cores_counts_smt_siblings_once(tmp_path):
+    import os
+
+    from retllm_lite.cpu import physical_cores
+
+    usable = sorted(os.sched_getaffinity(0))
+    blocks = []
+    for n, cpu in enumerate(usable):  # two logical CPUs (SMT siblings) per core
+        blocks.append(f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {n // 2}\nflags\t\t: avx2\n")
+    info = tmp_path / "cpuinfo"
+    info.write_text("\n".join(blocks) + "\n")
+    assert physical_cores(info) == (len(usable) + 1) // 2
+    info.write_text("processor\t: 0\nflags\t\t: avx2\n")  # no topology: the usable logical CPUs
+    assert physical_cores(info) == len(usable)

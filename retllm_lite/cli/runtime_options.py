@@ -44,7 +44,11 @@ def vlm_runtime_options(fn: Callable) -> Callable:
         return fn(*args, vlm_runtime=runtime, **kwargs)
 
     options = [
-        click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores)."),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            help="CPU threads (default: the physical cores this process may use).",
+        ),
         click.option(
             "--n-ctx",
             type=click.IntRange(min=256),

@@ -21,7 +21,6 @@ projector; 0 keeps mtmd's own limits everywhere.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from retllm_lite.cpu import physical_cores
 from retllm_lite.errors import BadInput, BadModelFile, ModelNotFound, require
 from retllm_lite.rerank import llama_log
 from retllm_lite.rerank.chat_template import ChatFormat, ChatRenderer, Messages
@@ -219,7 +219,7 @@ class LlamaRuntime:
         llama_log.install(verbose)
         llama_log.clear()
         llama.llama_backend_init()
-        threads = n_threads or max(1, os.cpu_count() or 1)
+        threads = n_threads or physical_cores()  # SMT siblings share a core's SIMD units
         self.n_threads = threads
 
         mparams = llama.llama_model_default_params()
