@@ -300,3 +300,37 @@ def test_one_scorer_seam(f16_scorer, vlm_images, vlm_captions, tmp_path):
     direct = f16_scorer.score_pairs(q, vlm_captions, enhance=mode)
     assert [(s.p_true, s.enhanced) for s in via_scorer] == [(s.p_true, s.enhanced) for s in direct]
     assert 0 < sum(s.enhanced for s in direct) < len(direct)
+
+
+def test_kv_states_of_candidate_images_are_reused_across_queries(
+    tiny_vlm_f32, vlm_images, vlm_captions, tmp_path
+):
+    """Text -> image: header + candidate image decoded once, restored for every later query."""
+    from retllm_lite.rerank.state_cache import StateCache
+
+    root = tmp_path / "states"
+    cands = [Item(image=im) for im in vlm_images[:4]]
+    kwargs = {"kv_type": "f32", "n_ctx": 1024, "n_threads": 1}
+    with LlamaMtmdScorer(tiny_vlm_f32.model, tiny_vlm_f32.mmproj, **kwargs,
+                         state_cache=StateCache("t", root=root)) as sc:  # fmt: skip
+        sc.answer_probs(Item(text=vlm_captions[0]), cands)
+        assert (sc.stats.states_saved, sc.stats.states_restored) == (4, 0)
+        second = sc.answer_probs(Item(text=vlm_captions[1]), cands)
+        enhanced = sc.answer_probs(Item(text=vlm_captions[1]), cands, enhanced=True)
+        assert (sc.stats.states_saved, sc.stats.states_restored) == (4, 8)  # the same heads
+        naive = [sc.answer_probs(Item(text=vlm_captions[1]), [c], fast=False)[0] for c in cands]
+        naive_enh = [
+            sc.answer_probs(Item(text=vlm_captions[1]), [c], enhanced=True, fast=False)[0] for c in cands
+        ]
+    for got, want in [*zip(second, naive, strict=True), *zip(enhanced, naive_enh, strict=True)]:
+        assert abs(got.p_true - want.p_true) < 1e-4 and abs(got.p_false - want.p_false) < 1e-4
+    assert len(list(root.glob("*.kv"))) == 4
+    # another scorer (as a later process) restores them from disk; a corrupt file is a miss
+    victim = sorted(root.glob("*.kv"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])
+    with LlamaMtmdScorer(tiny_vlm_f32.model, tiny_vlm_f32.mmproj, **kwargs,
+                         state_cache=StateCache("t", root=root)) as sc:  # fmt: skip
+        again = sc.answer_probs(Item(text=vlm_captions[1]), cands)
+        assert (sc.stats.states_restored, sc.stats.states_saved) == (3, 1)
+    for got, want in zip(again, naive, strict=True):
+        assert abs(got.p_true - want.p_true) < 1e-4

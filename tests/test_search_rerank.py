@@ -308,3 +308,29 @@ def test_search_gates_on_the_papers_early_exit_trigger(corpus, vlm_dir):
     assert [r["enhanced"] for r in shut] == [False] * 3  # and none above 1
     bad = run("search", *common, "--gate-signal", "exit-x", "--index", index_dir)
     assert bad.exit_code == 2 and "exit-FIRST-LAST" in bad.output
+
+
+def test_text_to_image_search_keeps_kv_states_of_its_candidates(corpus, vlm_dir):
+    from retllm_lite.paths import cache_dir
+
+    _root, index_dir = corpus
+    common = [
+        "--rerank",
+        "--vlm-model",
+        vlm_dir,
+        "--modality",
+        "image",
+        "--rerank-k",
+        "3",
+        "--enhance",
+        "off",
+    ]
+    states = cache_dir() / "rerank-states"
+    assert search_json(index_dir, "a red circle", *common, "--kv-cache-mb", "0")
+    assert not list(states.rglob("*.kv"))
+    first = search_json(index_dir, "a red circle", *common)
+    assert len(list(states.rglob("*.kv"))) == 3  # one state per reranked candidate image
+    again = search_json(index_dir, "a red circle", *common)  # restored (f16 KV: equal to ~1e-4)
+    assert {r["path"] for r in again} == {r["path"] for r in first}
+    before = {r["path"]: r["p_true"] for r in first}
+    assert all(abs(r["p_true"] - before[r["path"]]) < 1e-3 for r in again)

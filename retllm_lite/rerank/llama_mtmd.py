@@ -61,6 +61,7 @@ from retllm_lite.rerank.prompts import (
     modality,
     render_listwise,
 )
+from retllm_lite.rerank.state_cache import StateCache, head_key
 
 ListwisePick = ChoiceProbs
 Templates = PromptTemplate | Mapping[tuple[Modality, Modality], PromptTemplate] | None
@@ -76,6 +77,8 @@ class ScorerStats:
     prompts_scored: int = 0
     prefix_units_evaluated: int = 0
     prefix_units_reused: int = 0
+    states_saved: int = 0
+    states_restored: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ class LlamaMtmdScorer:
         max_image_tokens: int | None = None,
         embedding_cache: EmbeddingCache | str | Path | bool | None = None,
         memory_cache_mb: float = 512.0,
+        state_cache: StateCache | bool | None = None,
+        state_cache_mb: float | None = None,
         true_token: str | int | None = None,
         false_token: str | int | None = None,
         templates: Templates = None,
@@ -202,6 +207,7 @@ class LlamaMtmdScorer:
             capture = LayerCapture(self.exit_layers.layers, llama_cpp)
         self._head: OutputHead | None = None
         self._exit_rows: dict[int, dict[int, np.ndarray]] = {}
+        self._kv_type_name = kv_type
         self.rt = LlamaRuntime(
             model_path,
             mmproj_path,
@@ -241,6 +247,10 @@ class LlamaMtmdScorer:
         self._embeddings: OrderedDict[str, list[np.ndarray]] = OrderedDict()
         self._memory_cap = int(memory_cache_mb * 1024 * 1024)
         self._disk = self._open_disk_cache(embedding_cache)
+        if state_cache is None and state_cache_mb:
+            state_cache = True
+        self._state_cache_mb = state_cache_mb or 4096.0
+        self._states = self._open_state_cache(state_cache)
         self._prefix: list[tuple[Any, ...]] = []  # unit keys held on sequence 0
         self._prefix_pos: list[int] = []  # start position of each prefix unit
         self._prefix_end = 0
@@ -276,6 +286,19 @@ class LlamaMtmdScorer:
         namespace = cache_namespace(mmproj_sha, self.rt.image_settings())
         root = None if spec is True else Path(spec)
         return EmbeddingCache(namespace, root)
+
+    def _open_state_cache(self, spec: StateCache | bool | None) -> StateCache | None:
+        """KV states of query-independent prompt heads (``state_cache``); one candidate per decode."""
+        if spec is None or spec is False:
+            return None
+        if self.rt.n_seq != 1:
+            raise BadInput("the KV-state cache restores one candidate per decode: use batch_size 1")
+        if isinstance(spec, StateCache):
+            return spec
+        model_sha = file_sha256(self.rt.model_path)
+        mmproj_sha = file_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
+        settings = {**self.rt.image_settings(), "model": model_sha, "kv": self._kv_type_name}
+        return StateCache(cache_namespace(mmproj_sha, settings), disk_mb=self._state_cache_mb)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -595,11 +618,8 @@ class LlamaMtmdScorer:
         try:
             for j, i in enumerate(group):
                 seq = j + 1
-                rt.seq_cp(0, seq)
-                pos = start
                 *body, last = suffixes[i]
-                for r in body:
-                    pos = self._decode_run(r, pos, seq)
+                pos = self._restore_or_decode(seq, start, body)
                 pieces = _pieces(len(last.tokens), rt.n_batch, last.whole)
                 for a, b in pieces[:-1]:
                     pos = self._decode_piece(last.tokens[a:b], pos, seq)
@@ -618,6 +638,45 @@ class LlamaMtmdScorer:
         finally:
             for j in range(len(group)):
                 rt.seq_rm(j + 1)
+
+    def _restore_or_decode(self, seq: int, start: int, body: list[_Run]) -> int:
+        """Put prefix + ``body`` on ``seq``; returns the next position.
+
+        With a state cache, the head up to the body's first image (the query-independent part
+        of a text -> image prompt: chat header + candidate image) is restored from a saved
+        state when known, else decoded and saved; the rest of the body is decoded.
+        """
+        rt = self.rt
+        images = [k for k, r in enumerate(body) if r.chunk is not None]
+        if self._states is None or not images:
+            rt.seq_cp(0, seq)
+            pos = start
+            for r in body:
+                pos = self._decode_run(r, pos, seq)
+            return pos
+        cut = images[0] + 1
+        key = head_key([*self._prefix, *(r.key for r in body[:cut])])
+        got = self._states.get(key)
+        pos = None
+        if got is not None:
+            data, end = got
+            rt.seq_rm(seq)
+            if rt.state_seq_set(seq, data):
+                pos = end
+                self.stats.states_restored += 1
+            else:
+                rt.seq_rm(seq)
+                self._states.drop(key)
+        if pos is None:
+            rt.seq_cp(0, seq)
+            pos = start
+            for r in body[:cut]:
+                pos = self._decode_run(r, pos, seq)
+            self._states.put(key, rt.state_seq_get(seq), pos)
+            self.stats.states_saved += 1
+        for r in body[cut:]:
+            pos = self._decode_run(r, pos, seq)
+        return pos
 
     def _decode_batch(
         self,

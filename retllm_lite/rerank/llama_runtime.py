@@ -618,6 +618,19 @@ class LlamaRuntime:
     def seq_rm(self, seq: int, p0: int = -1) -> None:
         self.llama.llama_memory_seq_rm(self.mem, seq, p0, -1)
 
+    def state_seq_get(self, seq: int) -> bytes:
+        """The KV state of one sequence (its cells, positions, K and V), as bytes."""
+        llama = self.llama
+        size = int(llama.llama_state_seq_get_size(self._ctx, seq))
+        buf = (ctypes.c_uint8 * size)()
+        n = int(llama.llama_state_seq_get_data(self._ctx, buf, size, seq))
+        return bytes(buf[:n])
+
+    def state_seq_set(self, seq: int, data: bytes) -> bool:
+        """Restore a state from ``state_seq_get`` into (empty) ``seq``; False if it does not fit."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return int(self.llama.llama_state_seq_set_data(self._ctx, buf, len(data), seq)) > 0
+
     def eval_chunks(self, chunks: Chunks) -> np.ndarray:
         """The naive path: decode every chunk on seq 0 (encoding images), logits of the last."""
         for ch in chunks.items:
