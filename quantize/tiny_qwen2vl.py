@@ -64,7 +64,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def _config(piece_id: dict[str, int]) -> dict[str, Any]:
+def _config(piece_id: dict[str, int], shape: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The checkout's config; ``shape`` overrides text / vision dimensions (real-shape builds)."""
+    cfg = _tiny_config(piece_id)
+    for part in ("text", "vision"):
+        cfg[f"{part}_config"].update((shape or {}).get(part, {}))
+    return cfg
+
+
+def _tiny_config(piece_id: dict[str, int]) -> dict[str, Any]:
     text = {
         "vocab_size": VOCAB_SIZE,
         "hidden_size": 128,
@@ -110,11 +118,20 @@ def _config(piece_id: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, answer_boost: float = 2.0) -> Path:
+def build_tiny_qwen2vl(
+    out_dir: str | Path,
+    seed: int = 0,
+    answer_boost: float = 2.0,
+    *,
+    shape: dict[str, dict[str, Any]] | None = None,
+    init_std: float = 0.08,
+    dtype: str = "float32",
+) -> Path:
     """Write a tiny random Qwen2-VL checkout to ``out_dir`` (new or empty); returns it.
 
     Deterministic for a given seed. Needs the ``export`` extra (torch, transformers 4.57,
-    sentencepiece).
+    sentencepiece). ``shape`` (``real_shape.QWEN2_VL_2B``) gives it a published model's
+    dimensions for honest speed and memory figures; ``dtype`` is what the weights are saved in.
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -143,11 +160,11 @@ def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, answer_boost: float =
         proc = spm.SentencePieceProcessor(model_file=str(tok_model))
         piece_id = {proc.id_to_piece(i): i for i in range(proc.get_piece_size())}
 
-        config = transformers.Qwen2VLConfig(**_config(piece_id))
+        config = transformers.Qwen2VLConfig(**_config(piece_id, shape))
         torch.manual_seed(seed)
         model = transformers.Qwen2VLForConditionalGeneration(config).eval()
-        _reinit(model, seed, piece_id, answer_boost)
-        model.save_pretrained(stage, safe_serialization=True)
+        _reinit(model, seed, piece_id, answer_boost, init_std)
+        model.to(getattr(torch, dtype)).save_pretrained(stage, safe_serialization=True)
         cfg_path = stage / "config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg.update(bos_token_id=PAD, eos_token_id=EOS, pad_token_id=PAD)
@@ -163,13 +180,13 @@ def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, answer_boost: float =
     return out
 
 
-def _reinit(model: Any, seed: int, piece_id: dict[str, int], answer_boost: float) -> None:
+def _reinit(model: Any, seed: int, piece_id: dict[str, int], answer_boost: float, std: float = 0.08) -> None:
     torch = require("torch", "export", "Building the tiny test VLM")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _name, param in sorted(model.named_parameters()):
             if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.08)
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
         emb = model.get_input_embeddings().weight
         direction = emb[piece_id["\n"]] / emb[piece_id["\n"]].norm()
         for word in ("True", "False"):
