@@ -57,7 +57,8 @@ def model_dir(shape: str, qtype: str) -> Path:
         log(f"  built in {time.perf_counter() - t:.0f} s")
     log(f"converting to {qtype} + f16 projector ...")
     t = time.perf_counter()
-    convert_vlm(hf, out, text_type=qtype, mmproj_type="f16", converter=get_converter(root=BENCH_DIR / "converter"),
+    converter = get_converter(root=BENCH_DIR / "converter")
+    convert_vlm(hf, out, text_type=qtype, mmproj_type="f16", converter=converter,
                 name=f"{shape}-random", n_threads=physical_cores())  # fmt: skip
     log(f"  converted in {time.perf_counter() - t:.0f} s")
     return out
