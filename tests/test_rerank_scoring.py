@@ -62,23 +62,29 @@ def test_fast_path_is_bit_identical_to_naive_path(f16_scorer, vlm_images, vlm_ca
             assert all(s.enhanced is has_image for s in fast), name
 
 
-@pytest.fixture(scope="module")
-def qwen2vl_scorer(tiny_qwen2vl):
-    with LlamaMtmdScorer(tiny_qwen2vl.model, tiny_qwen2vl.mmproj, n_threads=1) as scorer:
+@pytest.fixture(scope="module", params=["tiny_qwen2vl", "tiny_smolvlm"])
+def other_family_scorer(request):
+    files = request.getfixturevalue(request.param)
+    with LlamaMtmdScorer(files.model, files.mmproj, n_threads=1) as scorer:
         yield scorer
 
 
 @pytest.mark.parametrize("enhance", ["off", "always"])
-def test_qwen2vl_fast_path_is_bit_identical_to_naive_path(qwen2vl_scorer, vlm_images, vlm_captions, enhance):
-    """The default family: M-RoPE image positions survive the prefix copy and the cached embeddings.
+def test_other_families_fast_path_is_bit_identical_to_naive_path(
+    other_family_scorer, vlm_images, vlm_captions, enhance
+):
+    """Qwen2-VL (the default family) and SmolVLM, as the Gemma3 test above.
 
-    Two of the pictures are not square (16 x 22 and 17 x 28 tokens), so an image's 2-D
-    positions and the text after it (from its largest position + 1) differ from 1-D ones.
+    Qwen2-VL: M-RoPE image positions survive the prefix copy and the cached embeddings; two
+    of the pictures are not square (16 x 22 and 17 x 28 tokens), so an image's 2-D positions
+    and the text after it (from its largest position + 1) differ from 1-D ones. SmolVLM:
+    each picture is several image chunks (tiles and an overview) with text between them.
     """
+    scorer = other_family_scorer
     images = [photo((448, 616), 0), photo((500, 800), 1), *vlm_images[2:6]]
     for name, (query, cands) in _cases(images, vlm_captions[:5]).items():
-        fast = qwen2vl_scorer.score_pairs(query, cands, enhance=enhance, fast=True)
-        naive = qwen2vl_scorer.score_pairs(query, cands, enhance=enhance, fast=False)
+        fast = scorer.score_pairs(query, cands, enhance=enhance, fast=True)
+        naive = scorer.score_pairs(query, cands, enhance=enhance, fast=False)
         assert all(0 < s.p_true < 1 and 0 < s.entropy < 1 for s in fast), name
         assert len({s.p_true for s in fast}) == len(fast), name  # the candidates really differ
         assert [(s.p_true, s.p_false, s.entropy, s.enhanced) for s in fast] == [
