@@ -1,4 +1,4 @@
-"""transformers' Gemma3 with llama.cpp's documented f32-path numerics, for tight parity checks.
+"""transformers' Gemma3 and Qwen2-VL with llama.cpp's f32-path numerics, for tight parity checks.
 
 An f32 GGUF with an f32 projector is not an all-f32 computation in llama.cpp. Three places
 round to f16 by design (llama-cpp-python 0.3.36's vendored llama.cpp; measured on the tiny
@@ -14,14 +14,27 @@ Gemma3, see docs/rerank.md "Parity with transformers"):
   type (``conversion/gemma.py``), and an f16 weight makes ``mul_mat`` round its input to f16.
 
 ``emulate_llama_cpp`` applies exactly these to a copy of the model; everything else stays f32.
+
+Qwen2-VL (``emulate_llama_cpp_qwen2vl``; docs/rerank.md): the conv3d patch embedding is two
+``ggml_conv_2d`` (one per temporal slice, added), so f16 im2col again; the vision MLPs'
+QuickGELU goes through another f16 table (``GGML_GELU_QUICK_FP16``: ``f16(quick_gelu(f16(x)))``,
+no clamp); the merger's GELU is ``ggml_gelu`` (``FFN_GELU``), i.e. the tanh-GELU f16 table
+where transformers uses the exact erf GELU. The converter keeps every Qwen2-VL projector
+tensor in the output type, and the Qwen2 text model's SwiGLU is computed in f32. Image
+preprocessing differs too: mtmd resizes to the same ``smart_resize`` size but keeps the
+aspect ratio and pads with black (``PAD_CEIL``, centred) where transformers stretches;
+``mtmd_letterbox`` does what mtmd does, with Pillow's bicubic (mtmd's resize is Pillow's).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 
 def f16(x: torch.Tensor) -> torch.Tensor:
@@ -75,3 +88,56 @@ def emulate_llama_cpp(model, parts: tuple[str, ...] = PARTS):
         # the norm's output is the projection's input: f16 in llama.cpp's mul_mat
         proj.mm_soft_emb_norm.register_forward_hook(lambda _m, _inp, out: f16(out))
     return model
+
+
+class TableQuickGelu(torch.nn.Module):
+    """ggml's QuickGELU with ``GGML_GELU_QUICK_FP16``: ``f16(x * sigmoid(1.702 x))`` of ``f16(x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = f16(x)
+        return f16(h * torch.sigmoid(1.702 * h))
+
+
+def _conv3d_with_f16_im2col(conv: torch.nn.Conv3d):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(f16(x), f16(conv.weight), conv.bias, conv.stride, conv.padding)
+
+    return forward
+
+
+QWEN2VL_PARTS = ("im2col", "vision-gelu", "merger-gelu")
+
+
+def emulate_llama_cpp_qwen2vl(model, parts: tuple[str, ...] = QWEN2VL_PARTS):
+    """A copy of a ``Qwen2VLForConditionalGeneration`` computing as llama.cpp's CPU backend does."""
+    unknown = set(parts) - set(QWEN2VL_PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {QWEN2VL_PARTS}")
+    model = copy.deepcopy(model)
+    visual = model.model.visual
+    if "im2col" in parts:
+        conv = visual.patch_embed.proj
+        conv.forward = _conv3d_with_f16_im2col(conv)
+    if "vision-gelu" in parts:
+        for block in visual.blocks:
+            block.mlp.act = TableQuickGelu()
+    if "merger-gelu" in parts:
+        act = visual.merger.mlp[1]
+        if not isinstance(act, torch.nn.GELU):
+            raise ValueError(f"expected the merger's GELU, found {act}")
+        visual.merger.mlp[1] = TableGelu()
+    return model
+
+
+def mtmd_letterbox(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The picture mtmd's Qwen2-VL preprocessing encodes at ``size`` (w, h): fit, pad black, centre."""
+    w, h = size
+    if image.size == (w, h):
+        return image
+    f32 = np.float32  # mtmd computes the scale in float
+    scale = min(f32(w) / f32(image.width), f32(h) / f32(image.height))
+    nw = min(math.ceil(f32(image.width) * scale), w)
+    nh = min(math.ceil(f32(image.height) * scale), h)
+    canvas = Image.new("RGB", (w, h), (0, 0, 0))
+    canvas.paste(image.resize((nw, nh), Image.Resampling.BICUBIC), ((w - nw) // 2, (h - nh) // 2))
+    return canvas

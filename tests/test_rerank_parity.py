@@ -110,3 +110,77 @@ def test_q8_ranks_like_f16(tiny_vlm_q8, f16_scorer, vlm_images, vlm_captions):
     assert np.ptp(a) > 0.2  # the pairs really differ
     rho = np.corrcoef(_ranks(np.array(a)), _ranks(np.array(b)))[0, 1]
     assert rho >= 0.99
+
+
+# -- Qwen2-VL, the registry's default family ------------------------------------------------
+
+
+def _qwen_images():
+    from vlm_fixtures import photo, scene
+
+    # 64 x 64 scaled up to 448 x 448 (256 tokens, square: nothing padded); 448 x 616 taken
+    # as it is (16 x 22 tokens, not square: a swapped h/w would show); 500 x 800 fitted
+    # into 476 x 784 (17 x 28 tokens, odd width) with 22 black rows, as mtmd does
+    return [scene(0), photo((448, 616), 1), photo((500, 800), 2)]
+
+
+def _qwen_parity(scorer, reference, captions, enhanced, variants):
+    """Worst relative error of P(True)/P(False), per reference variant, over both directions.
+
+    image -> text: the image sits in the shared prefix, each caption follows it (its
+    positions continue from the image's largest M-RoPE position + 1); text -> image: each
+    candidate image follows the copied text prefix. Fast path, as a search runs.
+    """
+    images = _qwen_images()
+    mode = "always" if enhanced else "off"
+    cases = [(Item(image=im), captions) for im in images]
+    cases.append((Item(text=captions[0]), [Item(image=im) for im in images]))
+    worst = dict.fromkeys(variants, 0.0)
+    for query, cands in cases:
+        got = scorer.score_pairs(query, cands, enhance=mode)
+        for cand, score in zip(cands, got, strict=True):
+            assert score.enhanced is enhanced
+            segments = scorer.layout(query, cand, enhanced=enhanced)
+            image = query.image if query.has_image else cand.image
+            n_images = sum(seg.kind == "image" for seg in segments)
+            assert n_images == (2 if enhanced else 1)
+            for name, kwargs in variants.items():
+                want = reference(segments, [image] * n_images, **kwargs)
+                for ours, theirs in ((score.p_true, want[scorer.true_id]),
+                                     (score.p_false, want[scorer.false_id])):  # fmt: skip
+                    worst[name] = max(worst[name], abs(ours - theirs) / theirs)
+    return worst
+
+
+# Tiny Qwen2-VL, f32 weights, projector and KV cache, 3 images x 2 captions + 1 caption x 3
+# images per pass, worst relative error of P(True)/P(False), native build on an
+# AVX-512+VNNI EPYC (2026-12-04), once / image twice:
+#   against plain transformers (fed mtmd's letterboxed picture)   1.13e-3 / 1.08e-3
+#   with llama.cpp's f16 roundings emulated (llama_numerics)       1.45e-4 / 1.12e-4
+#   against transformers stretching the 500 x 800 photo itself    6.9e-2  / 1.19e-1
+#   emulated, but positions 0, 1, 2, ... instead of M-RoPE's      2.34    / 0.41
+# Per component: docs/rerank.md ("Where the f32 difference comes from", Qwen2-VL).
+QWEN_EMULATED_BOUND = 4e-4  # 2.8x the largest measured, 1.45e-4 (one CPU measured so far)
+QWEN_PLAIN_BOUND = 3e-3  # 2.7x the largest measured, 1.13e-3: a sanity bound
+QWEN_EXPLAINED = 0.5  # emulated / plain measured 0.10-0.13
+QWEN_STRETCHED_MIN = 2e-2  # measured 6.9e-2 and more: mtmd letterboxes, transformers stretches
+QWEN_1D_MIN = 0.1  # measured 0.41 and more: the check sees a lost 2-D position
+
+
+@pytest.mark.parametrize("enhanced", [False, True], ids=["once", "image-twice"])
+def test_qwen2vl_f32_gguf_matches_transformers(
+    qwen2vl_f32_scorer, qwen2vl_hf_reference, vlm_captions, enhanced
+):
+    variants = {
+        "llama.cpp": {"numerics": "llama.cpp"},
+        "torch": {"numerics": "torch"},
+        "stretched": {"numerics": "llama.cpp", "preprocess": "transformers"},
+        "1d": {"numerics": "llama.cpp", "positions": "1d"},
+    }
+    worst = _qwen_parity(qwen2vl_f32_scorer, qwen2vl_hf_reference, vlm_captions[:2], enhanced, variants)
+    assert worst["llama.cpp"] < QWEN_EMULATED_BOUND, worst
+    assert worst["torch"] < QWEN_PLAIN_BOUND, worst
+    assert worst["llama.cpp"] < QWEN_EXPLAINED * worst["torch"], worst
+    # the references the check must tell apart: mtmd's padding, and M-RoPE's 2-D positions
+    assert worst["stretched"] > QWEN_STRETCHED_MIN, worst
+    assert worst["1d"] > QWEN_1D_MIN, worst

@@ -13,6 +13,7 @@ from PIL import Image
 from retllm_lite.rerank.embedding_cache import EmbeddingCache, cache_namespace
 from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
 from retllm_lite.rerank.scorer import Enhance, Item, Scorer, rank_order
+from vlm_fixtures import photo
 
 TOL = 1e-4
 
@@ -59,6 +60,36 @@ def test_fast_path_is_bit_identical_to_naive_path(f16_scorer, vlm_images, vlm_ca
         if enhance == "always":
             has_image = query.has_image or any(Item.coerce(c).has_image for c in cands)
             assert all(s.enhanced is has_image for s in fast), name
+
+
+@pytest.fixture(scope="module", params=["tiny_qwen2vl", "tiny_smolvlm"])
+def other_family_scorer(request):
+    files = request.getfixturevalue(request.param)
+    with LlamaMtmdScorer(files.model, files.mmproj, n_threads=1) as scorer:
+        yield scorer
+
+
+@pytest.mark.parametrize("enhance", ["off", "always"])
+def test_other_families_fast_path_is_bit_identical_to_naive_path(
+    other_family_scorer, vlm_images, vlm_captions, enhance
+):
+    """Qwen2-VL (the default family) and SmolVLM, as the Gemma3 test above.
+
+    Qwen2-VL: M-RoPE image positions survive the prefix copy and the cached embeddings; two
+    of the pictures are not square (16 x 22 and 17 x 28 tokens), so an image's 2-D positions
+    and the text after it (from its largest position + 1) differ from 1-D ones. SmolVLM:
+    each picture is several image chunks (tiles and an overview) with text between them.
+    """
+    scorer = other_family_scorer
+    images = [photo((448, 616), 0), photo((500, 800), 1), *vlm_images[2:6]]
+    for name, (query, cands) in _cases(images, vlm_captions[:5]).items():
+        fast = scorer.score_pairs(query, cands, enhance=enhance, fast=True)
+        naive = scorer.score_pairs(query, cands, enhance=enhance, fast=False)
+        assert all(0 < s.p_true < 1 and 0 < s.entropy < 1 for s in fast), name
+        assert len({s.p_true for s in fast}) == len(fast), name  # the candidates really differ
+        assert [(s.p_true, s.p_false, s.entropy, s.enhanced) for s in fast] == [
+            (s.p_true, s.p_false, s.entropy, s.enhanced) for s in naive
+        ], name
 
 
 @pytest.mark.parametrize("enhance", ["off", "always", "gated:0.3"])

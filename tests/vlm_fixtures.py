@@ -5,7 +5,7 @@ Built once per pytest session: the HF checkouts (``build_tiny_gemma3``,
 llama-cpp-python (from its sdist; set ``RETLLM_TEST_CONVERTER_DIR`` to keep the extracted
 converter between sessions), and conversions through ``convert_vlm``: Gemma3 f32 (+ f32
 projector, for parity with transformers), f16 (+ f16 projector) and q8_0 (+ q8_0
-projector); Qwen2-VL and SmolVLM f16 + f16.
+projector); Qwen2-VL f32 (+ f32 projector, for parity) and f16 (+ f16 projector), SmolVLM f16 + f16.
 """
 
 from __future__ import annotations
@@ -222,4 +222,87 @@ def hf_reference(hf_forward):
         out = hf_forward(segments, images, numerics)
         return torch.softmax(out.logits[0, -1].double(), dim=-1).numpy()
 
+    return probs
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl_f32(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory):
+    """Tiny Qwen2-VL, f32 text model and f32 projector: for parity with transformers."""
+    return _convert(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory, "f32", "f32", name="tiny-qwen2vl")
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_f32_scorer(tiny_qwen2vl_f32):
+    """f32 weights, projector and KV cache; the default image budget (256..512 tokens)."""
+    from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
+
+    scorer = LlamaMtmdScorer(tiny_qwen2vl_f32.model, tiny_qwen2vl_f32.mmproj, kv_type="f32", n_threads=1)
+    yield scorer
+    scorer.close()
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_hf_reference(tiny_qwen2vl_hf, qwen2vl_f32_scorer):
+    """transformers' Qwen2-VL on given llama.cpp token ids and images -> next-token probabilities.
+
+    ``probs(segments, images, numerics="torch", preprocess="mtmd", positions="mrope")``:
+    input_ids with ``<|image_pad|>`` repeated per image chunk, pixel_values and
+    image_grid_thw from the checkout's ``Qwen2VLImageProcessor`` with the scorer's budget
+    (min/max pixels = tokens x 28 x 28). ``numerics="llama.cpp"``: llama.cpp's f16 roundings
+    emulated (``llama_numerics.emulate_llama_cpp_qwen2vl``). ``preprocess="mtmd"`` hands the
+    processor each picture letterboxed as mtmd does (``mtmd_letterbox``; the processor then
+    does not resize), ``"transformers"`` the picture itself (stretched by the processor).
+    ``positions="1d"`` replaces M-RoPE's positions by 0, 1, 2, ... on all three axes: what a
+    scorer that loses the image's 2-D positions would compute. Each image chunk's token
+    count must equal the processor's grid (t x h x w / merge^2), for both preprocessings.
+    """
+    import torch
+    from transformers import AutoImageProcessor, Qwen2VLForConditionalGeneration
+
+    from llama_numerics import emulate_llama_cpp_qwen2vl, mtmd_letterbox
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2vl_hf, dtype=torch.float32).eval()
+    models = {"torch": model, "llama.cpp": emulate_llama_cpp_qwen2vl(model).eval()}
+    rt = qwen2vl_f32_scorer.rt
+    processor = AutoImageProcessor.from_pretrained(tiny_qwen2vl_hf, use_fast=False,
+                                                   min_pixels=rt.min_image_tokens * 28 * 28,
+                                                   max_pixels=rt.max_image_tokens * 28 * 28)  # fmt: skip
+    merge = processor.merge_size
+    image_token = model.config.image_token_id
+
+    def probs(segments, images, numerics: str = "torch", preprocess: str = "mtmd", positions: str = "mrope"):
+        ids: list[int] = []
+        counts: list[int] = []
+        for seg in segments:
+            if seg.kind == "text":
+                ids += seg.tokens
+            else:
+                ids += [image_token] * seg.n_tokens
+                counts.append(seg.n_tokens)
+        assert len(counts) == len(images)
+        own = processor(images=images, return_tensors="pt")
+        grid = own["image_grid_thw"]
+        assert [int(g.prod()) // merge**2 for g in grid] == counts, (grid.tolist(), counts)
+        if preprocess == "mtmd":
+            sizes = [(int(w) * processor.patch_size, int(h) * processor.patch_size) for _, h, w in grid]
+            boxed = [mtmd_letterbox(im, size) for im, size in zip(images, sizes, strict=True)]
+            inputs = processor(images=boxed, return_tensors="pt")
+            assert torch.equal(inputs["image_grid_thw"], grid)
+        else:
+            inputs = own
+        input_ids = torch.tensor([ids])
+        kwargs = {}
+        if positions == "1d":
+            kwargs["position_ids"] = torch.arange(len(ids)).expand(3, 1, -1)
+        with torch.no_grad():
+            out = models[numerics](
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                pixel_values=inputs["pixel_values"],
+                image_grid_thw=grid,
+                **kwargs,
+            )
+        return torch.softmax(out.logits[0, -1].double(), dim=-1).numpy()
+
+    probs.models = models
     return probs
