@@ -334,3 +334,24 @@ def test_text_to_image_search_keeps_kv_states_of_its_candidates(corpus, vlm_dir)
     assert {r["path"] for r in again} == {r["path"] for r in first}
     before = {r["path"]: r["p_true"] for r in first}
     assert all(abs(r["p_true"] - before[r["path"]]) < 1e-3 for r in again)
+
+
+def test_prepare_rerank_caches_every_photo_once_and_resumes(corpus, vlm_dir):
+    """retllm prepare-rerank: embeddings and KV states ahead of queries; a rerun recomputes nothing."""
+    from retllm_lite.paths import cache_dir
+
+    _root, index_dir = corpus
+    args = ["prepare-rerank", "--index", index_dir, "--vlm-model", vlm_dir, "--threads", "1", "--json"]
+    first = run(*args, "--limit", "5")  # an interrupted run, as far as the caches can tell
+    assert first.exit_code == 0, first.output
+    done = json.loads(first.stdout)
+    assert done["photos"] == 5 and done["images_encoded"] == 5 and done["states_saved"] == 5
+    full = json.loads(run(*args).stdout)
+    n = full["photos"]
+    assert n > 5 and full["images_encoded"] == n - 5 and full["embeddings_from_disk"] >= 5
+    assert full["states_restored"] >= 5 and full["states_saved"] == n - 5
+    again = json.loads(run(*args).stdout)
+    assert again["images_encoded"] == 0 and again["states_saved"] == 0 and again["states_restored"] >= n
+    assert len(list((cache_dir() / "rerank-states").rglob("*.kv"))) == n
+    off = run(*args[:-1], "--kv-cache-mb", "0")
+    assert off.exit_code == 2 and "--kv-cache-mb" in off.output

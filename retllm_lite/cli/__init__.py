@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (register commands)
     index_cmd,
     info_cmd,
     models_cmd,
+    prepare_cmd,
     quantize_cmd,
     search_cmd,
 )

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,9 @@ def _split_shared(runs: list[list[_Run]]) -> tuple[list[_Run], list[list[_Run]]]
         left = h.tokens[cut:]
         out.append(([_text_run(left, whole=False)] if left else []) + rest[1:])
     return prefix, out
+
+
+PREPARE_QUERY = "a photo"  # any text: the prepared head (header + image) precedes it
 
 
 class LlamaMtmdScorer:
@@ -346,6 +349,31 @@ class LlamaMtmdScorer:
 
         can = [enhance_side(c.has_image, q.has_image) is not None for c in cands]
         return gate(mode, passes, len(cands), can)
+
+    def prepare(
+        self,
+        images: Sequence[Any],
+        *,
+        batch: int = 8,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Do ahead of any query what a text -> image query needs of each image.
+
+        Its projector embeddings (kept in the disk embedding cache, when there is one) and,
+        with a state cache, the KV state of chat header + image, which every later query
+        restores. Runs the images in groups of ``batch`` as candidates of a placeholder query
+        (the head does not depend on the query); what is cached already costs a restore.
+        Resumable: an interrupted run keeps what it cached. Returns the number of images.
+        """
+        items = [Item(image=im) for im in images]
+        for a in range(0, len(items), batch):
+            group = items[a : a + batch]
+            # one candidate alone would go into the shared prefix: pair it with a cached one
+            run = [items[a - 1], *group] if len(group) == 1 and a > 0 else group
+            self.answer_probs(Item(text=PREPARE_QUERY), run)
+            if progress is not None:
+                progress(len(group))
+        return len(items)
 
     def pick_caption(
         self, image: Any, captions: Sequence[str], *, template: str = LISTWISE_TEMPLATE
