@@ -355,3 +355,16 @@ def test_prepare_rerank_caches_every_photo_once_and_resumes(corpus, vlm_dir):
     assert len(list((cache_dir() / "rerank-states").rglob("*.kv"))) == n
     off = run(*args[:-1], "--kv-cache-mb", "0")
     assert off.exit_code == 2 and "--kv-cache-mb" in off.output
+
+
+def test_a_slow_rerank_says_what_it_is_doing(corpus, vlm_dir, monkeypatch):
+    from retllm_lite.cli import app
+
+    _root, index_dir = corpus
+    common = ["a red circle", "--rerank", "--vlm-model", vlm_dir, "--rerank-k", "2", "--index", index_dir]
+    monkeypatch.setattr(app, "SLOW_AFTER_S", 0.0)  # every rerank counts as slow
+    shown = run("search", *common, "--progress")
+    assert shown.exit_code == 0 and "reranking the top 2 with the VLM" in shown.stderr
+    assert "done in" in shown.stderr
+    quiet = run("search", *common, "--no-progress")
+    assert quiet.exit_code == 0 and "reranking the top" not in quiet.stderr

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -108,6 +112,33 @@ variant_option = click.option(
 
 def progress_enabled(flag: bool | None) -> bool:
     return sys.stderr.isatty() if flag is None else flag
+
+
+SLOW_AFTER_S = 1.0  # a step taking longer than this says what it is doing
+
+
+@contextlib.contextmanager
+def slow_notice(message: str, enabled: bool) -> Iterator[None]:
+    """Print ``message`` on stderr if the block still runs after ``SLOW_AFTER_S``, then its time."""
+    if not enabled:
+        yield
+        return
+    shown = threading.Event()
+    t0 = time.perf_counter()
+
+    def say() -> None:
+        shown.set()
+        click.echo(message, err=True)
+
+    timer = threading.Timer(SLOW_AFTER_S, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if shown.is_set():
+            click.echo(f"  done in {time.perf_counter() - t0:.1f} s", err=True)
 
 
 class Bars:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
 
-from .app import announce, cli, clip_option, index_option, offline_option, variant_option
+from . import app
+from .app import announce, cli, clip_option, index_option, offline_option, progress_enabled, variant_option
 from .output import emit_json, emit_paths, emit_table, output_options
 from .rerank_options import rerank_options
 from .view import view_options
@@ -43,6 +45,11 @@ from .view import view_options
 @clip_option
 @variant_option
 @offline_option
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Say what a rerank is doing when it takes more than a second (default: on a terminal).",
+)
 @rerank_options
 @output_options(paths=True)
 @view_options
@@ -59,6 +66,7 @@ def search_cmd(
     clip_model,
     variant,
     offline,
+    progress,
     output_format,
     view,
     rerank,
@@ -81,20 +89,28 @@ def search_cmd(
                 "run 'retllm index FOLDER' again to re-embed them",
                 err=True,
             )
-        try:
-            if rerank is not None:
-                retriever.scorer = scorer = rerank.scorer(offline, announce)
-            hits = retriever.search(
-                text=text,
-                image=image,
-                k=k or (rerank.options.k if rerank is not None else 10),
-                image_weight=image_weight,
-                threshold=threshold,
-                include=include,
-                exclude=exclude,
-                modality=modality,
-                rerank=rerank.options if rerank is not None else None,
+        notice = contextlib.nullcontext()
+        if rerank is not None:
+            depth = rerank.options.k
+            notice = app.slow_notice(
+                f"reranking the top {depth} with the VLM (images are encoded once and cached)...",
+                progress_enabled(progress),
             )
+        try:
+            with notice:
+                if rerank is not None:
+                    retriever.scorer = scorer = rerank.scorer(offline, announce)
+                hits = retriever.search(
+                    text=text,
+                    image=image,
+                    k=k or (rerank.options.k if rerank is not None else 10),
+                    image_weight=image_weight,
+                    threshold=threshold,
+                    include=include,
+                    exclude=exclude,
+                    modality=modality,
+                    rerank=rerank.options if rerank is not None else None,
+                )
         finally:
             if scorer is not None:
                 scorer.close()
