@@ -19,14 +19,13 @@ and "False" get ``answer_boost`` times the unit direction of "\\n" (the answer f
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from retllm_lite.quantize.tiny_checkout import reinit_weights, set_top_level_ids, staged_checkout
 from retllm_lite.quantize.tiny_spm import ANSWER_WORDS, train_bpe
 
-from retllm_lite.errors import BadInput, require
+from retllm_lite.errors import require
 
 VOCAB_SIZE = 512
 PATCH_SIZE = 14
@@ -133,18 +132,11 @@ def build_tiny_qwen2vl(
     sentencepiece). ``shape`` (``real_shape.QWEN2_VL_2B``) gives it a published model's
     dimensions for honest speed and memory figures; ``dtype`` is what the weights are saved in.
     """
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise BadInput(f"{out} is not empty", hint="build the tiny VLM into a new directory")
     transformers = require("transformers", "export", "Building the tiny test VLM")
     torch = require("torch", "export", "Building the tiny test VLM")
     spm = require("sentencepiece", "export", "Building the tiny test VLM")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tiny-qwen2vl-", dir=out.parent))
-    try:
-        stage = work / "checkout"
-        stage.mkdir()
+    with staged_checkout(out_dir, "tiny-qwen2vl") as (_work, stage):
         tok_model = stage / "tokenizer.model"
         train_bpe(
             tok_model,
@@ -163,34 +155,14 @@ def build_tiny_qwen2vl(
         config = transformers.Qwen2VLConfig(**_config(piece_id, shape))
         torch.manual_seed(seed)
         model = transformers.Qwen2VLForConditionalGeneration(config).eval()
-        _reinit(model, seed, piece_id, answer_boost, init_std)
+        reinit_weights(
+            model, seed, piece_id, answer_boost, anchor="\n", answers=("True", "False"), std=init_std
+        )
         model.to(getattr(torch, dtype)).save_pretrained(stage, safe_serialization=True)
-        cfg_path = stage / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg.update(bos_token_id=PAD, eos_token_id=EOS, pad_token_id=PAD)
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        set_top_level_ids(stage, bos=PAD, eos=EOS, pad=PAD)
         _write_tokenizer_files(stage, proc)
         _write_preprocessor(stage)
-
-        out.mkdir(parents=True, exist_ok=True)
-        for item in stage.iterdir():
-            shutil.move(str(item), out / item.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
-
-
-def _reinit(model: Any, seed: int, piece_id: dict[str, int], answer_boost: float, std: float = 0.08) -> None:
-    torch = require("torch", "export", "Building the tiny test VLM")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _name, param in sorted(model.named_parameters()):
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
-        emb = model.get_input_embeddings().weight
-        direction = emb[piece_id["\n"]] / emb[piece_id["\n"]].norm()
-        for word in ("True", "False"):
-            emb[piece_id[word]] += answer_boost * direction
+    return Path(out_dir)
 
 
 def _write_tokenizer_files(stage: Path, proc: Any) -> None:

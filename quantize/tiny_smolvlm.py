@@ -18,14 +18,13 @@ Weights N(0, 0.08); "True"/"False" embedding rows nudged along ":" (the answer f
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from retllm_lite.quantize.tiny_checkout import reinit_weights, set_top_level_ids, staged_checkout
 from retllm_lite.quantize.tiny_spm import ANSWER_WORDS, train_bpe
 
-from retllm_lite.errors import BadInput, require
+from retllm_lite.errors import require
 
 VOCAB_SIZE = 512
 TILE = 32
@@ -88,18 +87,11 @@ def _config(piece_id: dict[str, int]) -> dict[str, Any]:
 
 def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0, answer_boost: float = 2.0) -> Path:
     """Write a tiny random SmolVLM (Idefics3) checkout to ``out_dir`` (new or empty); returns it."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise BadInput(f"{out} is not empty", hint="build the tiny VLM into a new directory")
     transformers = require("transformers", "export", "Building the tiny test VLM")
     torch = require("torch", "export", "Building the tiny test VLM")
     spm = require("sentencepiece", "export", "Building the tiny test VLM")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tiny-smolvlm-", dir=out.parent))
-    try:
-        stage = work / "checkout"
-        stage.mkdir()
+    with staged_checkout(out_dir, "tiny-smolvlm") as (_work, stage):
         tok_model = stage / "tokenizer.model"
         train_bpe(
             tok_model,
@@ -119,34 +111,12 @@ def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0, answer_boost: float =
         config = transformers.Idefics3Config(**_config(piece_id))
         torch.manual_seed(seed)
         model = transformers.Idefics3ForConditionalGeneration(config).eval()
-        _reinit(model, seed, piece_id, answer_boost)
+        reinit_weights(model, seed, piece_id, answer_boost, anchor=":", answers=("\u2581True", "\u2581False"))
         model.save_pretrained(stage, safe_serialization=True)
-        cfg_path = stage / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg.update(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        set_top_level_ids(stage, bos=BOS, eos=EOS, pad=PAD)
         _write_tokenizer_files(stage, proc)
         _write_preprocessor(stage)
-
-        out.mkdir(parents=True, exist_ok=True)
-        for item in stage.iterdir():
-            shutil.move(str(item), out / item.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
-
-
-def _reinit(model: Any, seed: int, piece_id: dict[str, int], answer_boost: float) -> None:
-    torch = require("torch", "export", "Building the tiny test VLM")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _name, param in sorted(model.named_parameters()):
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.08)
-        emb = model.get_input_embeddings().weight
-        direction = emb[piece_id[":"]] / emb[piece_id[":"]].norm()
-        for word in ("\u2581True", "\u2581False"):
-            emb[piece_id[word]] += answer_boost * direction
+    return Path(out_dir)
 
 
 def _write_tokenizer_files(stage: Path, proc: Any) -> None:

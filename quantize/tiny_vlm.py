@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from retllm_lite.quantize.tiny_checkout import reinit_weights, set_top_level_ids, staged_checkout
 
 from retllm_lite.errors import BadInput, require
 
@@ -189,19 +190,6 @@ def _config(piece_id: dict[str, int], vision: VisionShape) -> dict[str, Any]:
     }
 
 
-def _reinit(model: Any, seed: int, piece_id: dict[str, int], answer_boost: float) -> None:
-    torch = require("torch", "export", "Building the tiny test VLM")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _name, param in sorted(model.named_parameters()):
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.08)
-        emb = model.get_input_embeddings().weight
-        direction = emb[piece_id["\n"]] / emb[piece_id["\n"]].norm()
-        for word in ("True", "False"):
-            emb[piece_id[word]] += answer_boost * direction
-
-
 def _calibrate_answer_odds(model: Any, proc: Any, piece_id: dict[str, int], log_odds: float) -> None:
     """Move the (tied) "True" row so that log P(True)/P(False) is about ``log_odds`` at the answer.
 
@@ -244,26 +232,19 @@ def build_tiny_gemma3(
     side (``REAL_TOKEN_COUNT``: 256 tokens per image, as real Gemma 3, for benchmarks).
     ``answer_log_odds`` shapes the answer like a confident model's (``_calibrate_answer_odds``).
     """
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise BadInput(f"{out} is not empty", hint="build the tiny VLM into a new directory")
     transformers = require("transformers", "export", "Building the tiny test VLM")
     torch = require("torch", "export", "Building the tiny test VLM")
     spm = require("sentencepiece", "export", "Building the tiny test VLM")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tiny-gemma3-", dir=out.parent))
-    try:
+    with staged_checkout(out_dir, "tiny-gemma3") as (work, stage):
         tok_model = _train_tokenizer(work, seed)
         proc = spm.SentencePieceProcessor(model_file=str(tok_model))
         piece_id = {proc.id_to_piece(i): i for i in range(proc.get_piece_size())}
 
-        stage = work / "checkout"
-        stage.mkdir()
         config = transformers.Gemma3Config(**_config(piece_id, vision))
         torch.manual_seed(seed)
         model = transformers.Gemma3ForConditionalGeneration(config).eval()
-        _reinit(model, seed, piece_id, answer_boost)
+        reinit_weights(model, seed, piece_id, answer_boost, anchor="\n", answers=("True", "False"))
         if answer_log_odds is not None:
             _calibrate_answer_odds(model, proc, piece_id, answer_log_odds)
         model.save_pretrained(stage, safe_serialization=True)
@@ -271,18 +252,8 @@ def build_tiny_gemma3(
         shutil.copy(tok_model, stage / "tokenizer.model")
         _write_tokenizer_files(stage)
         _write_preprocessor(stage, vision)
-        # Top-level ids: without them the GGUF silently lacks bos/eos/pad.
-        cfg_path = stage / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg.update(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-        out.mkdir(parents=True, exist_ok=True)
-        for item in stage.iterdir():
-            shutil.move(str(item), out / item.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+        set_top_level_ids(stage, bos=BOS, eos=EOS, pad=PAD)
+    return Path(out_dir)
 
 
 def _write_tokenizer_files(stage: Path) -> None:

@@ -7,7 +7,6 @@ of problems, each with the command or step that fixes it.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -49,13 +48,11 @@ def clip_int8_info(model_dir: Path, here: dict[str, Any], problems: list[dict], 
     int8 settings are chosen by parity measured on the exporting CPU; a CPU with other int8
     kernels (VNNI/AMX vs plain AVX2) rounds differently, so that choice is not re-checked here.
     """
-    from .encode.manifest import MANIFEST_NAME, int8_summary
+    from .encode.manifest import ClipManifest, int8_summary
 
     try:
-        data = json.loads((model_dir / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or "variants" not in data:
+        data = ClipManifest.load(model_dir).data
+    except RetllmError:  # not a CLIP model directory: nothing to say here
         return None
     cpu = (data.get("quantization") or {}).get("cpu") or {}
     info = {

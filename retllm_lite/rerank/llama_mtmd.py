@@ -317,12 +317,9 @@ class LlamaMtmdScorer:
 
         ``enhanced`` repeats the image after the question (the candidate's, else the query's).
         """
-        q = Item.coerce(query)
-        cands = [Item.coerce(c) for c in candidates]
+        q, cands, qimg, cimgs = _loaded(query, candidates)
         if not cands:
             return []
-        qimg = load_rgb(q.image) if q.image is not None else None
-        cimgs = [load_rgb(c.image) if c.image is not None else None for c in cands]
         return self._run(q, cands, qimg, cimgs, enhanced=enhanced, fast=self.fast if fast is None else fast)
 
     def score_pairs(
@@ -335,12 +332,9 @@ class LlamaMtmdScorer:
     ) -> list[PairScore]:
         """Scores under an enhancement mode, in input order (``gating.gate`` over ``answer_probs``)."""
         mode = Enhance.parse(enhance)
-        q = Item.coerce(query)
-        cands = [Item.coerce(c) for c in candidates]
+        q, cands, qimg, cimgs = _loaded(query, candidates)  # decoded once for both passes
         if not cands:
             return []
-        qimg = load_rgb(q.image) if q.image is not None else None
-        cimgs = [load_rgb(c.image) if c.image is not None else None for c in cands]
         use_fast = self.fast if fast is None else fast
 
         def passes(idx: list[int], enhanced: bool) -> list[AnswerProbs]:
@@ -772,6 +766,16 @@ class LlamaMtmdScorer:
             if key in keep:
                 continue
             total -= sum(a.nbytes for a in self._embeddings.pop(key))
+
+
+def _loaded(
+    query: Item | Any, candidates: Sequence[Item | Any]
+) -> tuple[Item, list[Item], RGBImage | None, list[RGBImage | None]]:
+    """The items, and their images decoded to RGB bitmaps (None for text-only ones)."""
+    q = Item.coerce(query)
+    cands = [Item.coerce(c) for c in candidates]
+    qimg = load_rgb(q.image) if q.image is not None else None
+    return q, cands, qimg, [load_rgb(c.image) if c.image is not None else None for c in cands]
 
 
 def _common_prefix(seqs: list[list[tuple[Any, ...]]]) -> int:

@@ -38,10 +38,12 @@ __all__ = [
 
 
 def score_with(backend: Any, query: Item, cands: Sequence[Item], mode: Enhance) -> list[PairScore]:
-    """``mode`` over a backend's passes (``answer_probs``), or its own ``score_pairs``."""
-    answer = getattr(backend, "answer_probs", None)
-    if answer is None:  # a backend that does its own gating
+    """``mode`` over a backend: its ``score_pairs`` when it has one (``LlamaMtmdScorer``'s runs
+    ``gating.gate`` with the images decoded once for both passes), else ``gating.gate`` over
+    its ``answer_probs`` passes."""
+    if hasattr(backend, "score_pairs"):
         return list(backend.score_pairs(query, cands, enhance=mode))
+    answer = backend.answer_probs
     can = [enhance_side(c.has_image, query.has_image) is not None for c in cands]
     return gate(mode, lambda idx, enh: answer(query, [cands[i] for i in idx], enhanced=enh), len(cands), can)
 
