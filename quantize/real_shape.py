@@ -9,8 +9,20 @@ Hub (and transformers' ``Qwen2VLConfig`` docs): text 28 layers, hidden 1536, FFN
 12 attention heads / 2 KV heads (head dim 128), vocabulary 151936, tied embeddings,
 M-RoPE sections 16/24/24, rope theta 1e6; vision 32 blocks, width 1280, 16 heads, MLP
 ratio 4, QuickGELU, 14-pixel patches, 2 x 2 merge, temporal patch 2, merger output 1536.
-About 2.21B parameters. The tokenizer stays the tiny builder's 512-piece one (the
-converter pads the vocabulary to 151936), which does not change any matrix shape.
+About 2.21B parameters.
+
+``SMOLVLM_500M``: HuggingFaceTB/SmolVLM-500M-Instruct (Idefics3): text SmolLM2-360M
+(``HuggingFaceTB/SmolLM2-360M`` config.json: 32 layers, hidden 960, FFN 2560, 15 heads /
+5 KV heads (head dim 64), rope theta 1e5) with SmolVLM's 49280-entry vocabulary and an
+untied output head (the published Q8_0 text GGUF, ggml-org/SmolVLM-500M-Instruct-GGUF, is
+436,806,912 bytes: about 409M weights, which only an untied head gives); vision SigLIP
+base-patch16-512 (12 layers, width 768, FFN 3072, 12 heads, 16-pixel patches, 512-pixel
+tiles), pixel shuffle 4 (64 tokens a tile); processor longest edge 2048 (4 x 512) with
+512-pixel tiles, so a photo costs a 4 x 4 grid of tiles plus an overview: 17 x 64 = 1088
+image tokens. About 507M parameters.
+
+The tokenizer stays the tiny builders' 512-piece one (the converter pads the vocabulary to
+the model's size), which does not change any matrix shape.
 """
 
 from __future__ import annotations
@@ -36,14 +48,38 @@ QWEN2_VL_2B = {
     },
 }
 
-SHAPES = {"qwen2-vl-2b": QWEN2_VL_2B}
+SMOLVLM_500M = {
+    "top": {"scale_factor": 4, "tie_word_embeddings": False},
+    "text": {
+        "vocab_size": 49280,
+        "hidden_size": 960,
+        "intermediate_size": 2560,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 15,
+        "num_key_value_heads": 5,
+        "rope_theta": 100000.0,
+    },
+    "vision": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 512,
+        "patch_size": 16,
+    },
+    "processor": {"longest_edge": 2048, "tile": 512},
+}
+
+SHAPES = {"qwen2-vl-2b": QWEN2_VL_2B, "smolvlm-500m": SMOLVLM_500M}
 
 
 def build_real_shape(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     """A random-weight checkout of ``name``'s exact architecture (bf16 safetensors)."""
     from retllm_lite.quantize.tiny_qwen2vl import build_tiny_qwen2vl
+    from retllm_lite.quantize.tiny_smolvlm import build_tiny_smolvlm
 
+    builders = {"qwen2-vl-2b": build_tiny_qwen2vl, "smolvlm-500m": build_tiny_smolvlm}
     if name not in SHAPES:
         raise KeyError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
-    # std 0.02 (transformers' initializer_range): keeps 28 layers of activations finite
-    return build_tiny_qwen2vl(out_dir, seed=seed, shape=SHAPES[name], init_std=0.02, dtype="bfloat16")
+    # std 0.02 (transformers' initializer_range): keeps dozens of layers' activations finite
+    return builders[name](out_dir, seed=seed, shape=SHAPES[name], init_std=0.02, dtype="bfloat16")

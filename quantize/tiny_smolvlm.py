@@ -32,8 +32,16 @@ PATCH = 8
 SCALE = 2
 LONGEST_EDGE = 2 * TILE
 UNK, BOS, EOS, PAD = 0, 1, 2, 3  # <unk>, <|im_start|>, <end_of_utterance>, <|endoftext|>
-ROW_COL = [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]
-SPECIAL_PIECES = ["<fake_token_around_image>", "<image>", "<global-img>", *ROW_COL, "\n", "\n\n"]
+
+
+def _row_col(grid: int) -> list[str]:
+    return [f"<row_{r}_col_{c}>" for r in range(1, grid + 1) for c in range(1, grid + 1)]
+
+
+def _special_pieces(grid: int) -> list[str]:
+    """Tile separators for up to ``grid`` x ``grid`` tiles (SmolVLM's tokenizer has them up to 6)."""
+    return ["<fake_token_around_image>", "<image>", "<global-img>", *_row_col(grid), "\n", "\n\n"]
+
 
 # HuggingFaceTB/SmolVLM-Instruct's chat template.
 CHAT_TEMPLATE = (
@@ -45,8 +53,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def _config(piece_id: dict[str, int]) -> dict[str, Any]:
-    return {
+def _config(piece_id: dict[str, int], shape: dict[str, Any] | None = None) -> dict[str, Any]:
+    shape = shape or {}
+    config = {
         "architectures": ["Idefics3ForConditionalGeneration"],
         "model_type": "idefics3",
         "image_token_id": piece_id["<image>"],
@@ -83,10 +92,32 @@ def _config(piece_id: dict[str, int]) -> dict[str, Any]:
             "layer_norm_eps": 1e-6,
         },
     }
+    # a published model's dimensions (real_shape.SMOLVLM_500M) over the tiny defaults
+    config["text_config"].update(shape.get("text", {}))
+    config["vision_config"].update(shape.get("vision", {}))
+    config.update(shape.get("top", {}))
+    config["text_config"]["tie_word_embeddings"] = config["tie_word_embeddings"]
+    return config
 
 
-def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0, answer_boost: float = 2.0) -> Path:
-    """Write a tiny random SmolVLM (Idefics3) checkout to ``out_dir`` (new or empty); returns it."""
+def build_tiny_smolvlm(
+    out_dir: str | Path,
+    seed: int = 0,
+    answer_boost: float = 2.0,
+    *,
+    shape: dict[str, Any] | None = None,
+    init_std: float = 0.08,
+    dtype: str = "float32",
+) -> Path:
+    """Write a tiny random SmolVLM (Idefics3) checkout to ``out_dir`` (new or empty); returns it.
+
+    ``shape`` (``real_shape.SMOLVLM_500M``) gives it a published model's dimensions and image
+    processor (``processor``: ``longest_edge``, ``tile``) for honest speed and memory figures;
+    ``dtype`` is what the weights are saved in.
+    """
+    shape = shape or {}
+    processor = {"longest_edge": LONGEST_EDGE, "tile": TILE, **shape.get("processor", {})}
+    specials = _special_pieces(processor["longest_edge"] // processor["tile"])
     transformers = require("transformers", "export", "Building the tiny test VLM")
     torch = require("torch", "export", "Building the tiny test VLM")
     spm = require("sentencepiece", "export", "Building the tiny test VLM")
@@ -97,7 +128,7 @@ def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0, answer_boost: float =
             tok_model,
             seed=seed,
             vocab_size=VOCAB_SIZE,
-            specials=SPECIAL_PIECES,
+            specials=specials,
             headers=["User", "Assistant", "Query", "Caption"],
             unk=(UNK, "<unk>"),
             bos=(BOS, "<|im_start|>"),
@@ -108,20 +139,28 @@ def build_tiny_smolvlm(out_dir: str | Path, seed: int = 0, answer_boost: float =
         proc = spm.SentencePieceProcessor(model_file=str(tok_model))
         piece_id = {proc.id_to_piece(i): i for i in range(proc.get_piece_size())}
 
-        config = transformers.Idefics3Config(**_config(piece_id))
+        config = transformers.Idefics3Config(**_config(piece_id, shape))
         torch.manual_seed(seed)
         model = transformers.Idefics3ForConditionalGeneration(config).eval()
-        reinit_weights(model, seed, piece_id, answer_boost, anchor=":", answers=("\u2581True", "\u2581False"))
-        model.save_pretrained(stage, safe_serialization=True)
+        reinit_weights(
+            model,
+            seed,
+            piece_id,
+            answer_boost,
+            anchor=":",
+            answers=("\u2581True", "\u2581False"),
+            std=init_std,
+        )
+        model.to(getattr(torch, dtype)).save_pretrained(stage, safe_serialization=True)
         set_top_level_ids(stage, bos=BOS, eos=EOS, pad=PAD)
-        _write_tokenizer_files(stage, proc)
-        _write_preprocessor(stage)
+        _write_tokenizer_files(stage, proc, specials)
+        _write_preprocessor(stage, processor, config.vision_config.patch_size, config.scale_factor)
     return Path(out_dir)
 
 
-def _write_tokenizer_files(stage: Path, proc: Any) -> None:
+def _write_tokenizer_files(stage: Path, proc: Any, specials: list[str]) -> None:
     added = {}
-    for piece in ["<unk>", "<|im_start|>", "<end_of_utterance>", "<|endoftext|>", *SPECIAL_PIECES]:
+    for piece in ["<unk>", "<|im_start|>", "<end_of_utterance>", "<|endoftext|>", *specials]:
         added[str(proc.piece_to_id(piece))] = {
             "content": piece,
             "lstrip": False,
@@ -154,16 +193,16 @@ def _write_tokenizer_files(stage: Path, proc: Any) -> None:
     (stage / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 
 
-def _write_preprocessor(stage: Path) -> None:
+def _write_preprocessor(stage: Path, processor: dict[str, int], patch: int, scale: int) -> None:
     pre = {
         "image_processor_type": "Idefics3ImageProcessor",
         "processor_class": "Idefics3Processor",
         "do_convert_rgb": True,
         "do_resize": True,
-        "size": {"longest_edge": LONGEST_EDGE},
+        "size": {"longest_edge": processor["longest_edge"]},
         "resample": 1,
         "do_image_splitting": True,
-        "max_image_size": {"longest_edge": TILE},
+        "max_image_size": {"longest_edge": processor["tile"]},
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
@@ -172,7 +211,7 @@ def _write_preprocessor(stage: Path) -> None:
         "do_pad": True,
     }
     (stage / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
-    seq = (TILE // PATCH) ** 2 // SCALE**2
+    seq = (processor["tile"] // patch) ** 2 // scale**2
     (stage / "processor_config.json").write_text(
         json.dumps({"processor_class": "Idefics3Processor", "image_seq_len": seq}, indent=2) + "\n"
     )

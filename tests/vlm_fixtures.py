@@ -143,12 +143,35 @@ def tiny_qwen2vl(tiny_qwen2vl_hf, vlm_converter, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_smolvlm(vlm_converter, tmp_path_factory):
-    """Tiny SmolVLM (Idefics3), f16 + f16: tiled images (up to 2 x 2 tiles + overview)."""
+def tiny_smolvlm_hf(tmp_path_factory) -> Path:
     from retllm_lite.quantize.tiny_smolvlm import build_tiny_smolvlm
 
-    hf = build_tiny_smolvlm(tmp_path_factory.mktemp("tiny-smolvlm") / "hf")
-    return _convert(hf, vlm_converter, tmp_path_factory, "f16", "f16", name="tiny-smolvlm")
+    return build_tiny_smolvlm(tmp_path_factory.mktemp("tiny-smolvlm") / "hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm(tiny_smolvlm_hf, vlm_converter, tmp_path_factory):
+    """Tiny SmolVLM (Idefics3), f16 + f16: tiled images (up to 2 x 2 tiles + overview)."""
+    return _convert(tiny_smolvlm_hf, vlm_converter, tmp_path_factory, "f16", "f16", name="tiny-smolvlm")
+
+
+@pytest.fixture(scope="session")
+def smolvlm_f32_scorer(tiny_smolvlm_hf, vlm_converter, tmp_path_factory):
+    """Tiny SmolVLM, f32 text model, projector and KV cache: for parity with transformers."""
+    from retllm_lite.rerank.llama_mtmd import LlamaMtmdScorer
+
+    files = _convert(tiny_smolvlm_hf, vlm_converter, tmp_path_factory, "f32", "f32", name="tiny-smolvlm")
+    scorer = LlamaMtmdScorer(files.model, files.mmproj, kv_type="f32", n_threads=1)
+    yield scorer
+    scorer.close()
+
+
+@pytest.fixture(scope="session")
+def smolvlm_hf_reference(tiny_smolvlm_hf):
+    """transformers' Idefics3 (f32) on given llama.cpp layouts and images (``hf_vlm.HFReference``)."""
+    from hf_vlm import HFReference
+
+    return HFReference(tiny_smolvlm_hf, "idefics3")
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,6 @@ Two evaluation paths:
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -45,7 +44,7 @@ from retllm_lite.rerank.early_exit import ExitLayers, LayerCapture, OutputHead, 
 from retllm_lite.rerank.embedding_cache import EmbeddingCache, cache_namespace
 from retllm_lite.rerank.gating import Enhance, gate
 from retllm_lite.rerank.images import RGBImage, load_rgb
-from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
+from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunks, LlamaRuntime
 from retllm_lite.rerank.logits import AnswerProbs, ChoiceProbs, answer_probs, choice_probs
 from retllm_lite.rerank.pairs import Item, PairScore
 from retllm_lite.rerank.prompts import (
@@ -61,24 +60,11 @@ from retllm_lite.rerank.prompts import (
     modality,
     render_listwise,
 )
-from retllm_lite.rerank.state_cache import StateCache, head_key
+from retllm_lite.rerank.shared_prefix import PrefixDecoder, ScorerStats
+from retllm_lite.rerank.state_cache import StateCache
 
 ListwisePick = ChoiceProbs
 Templates = PromptTemplate | Mapping[tuple[Modality, Modality], PromptTemplate] | None
-
-
-@dataclass
-class ScorerStats:
-    """Counters, for tests and benchmarks: what the fast path saved."""
-
-    images_encoded: int = 0
-    embedding_memory_hits: int = 0
-    embedding_disk_hits: int = 0
-    prompts_scored: int = 0
-    prefix_units_evaluated: int = 0
-    prefix_units_reused: int = 0
-    states_saved: int = 0
-    states_restored: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,76 +81,6 @@ class Segment:
 class _Prompt:
     text: str
     images: list[RGBImage]
-
-
-@dataclass
-class _Run:
-    """A prompt piece decoded in one go: text tokens, or one image's embeddings.
-
-    ``whole`` text runs are complete mtmd chunks and are cut into ``n_batch`` pieces from
-    their start exactly as the naive path does; parts of a chunk split at the shared
-    prefix are cut so that no piece is a single token (a 1-token decode takes a different
-    matmul kernel and would change the floats).
-    """
-
-    key: tuple[Any, ...]  # ("t", tokens, whole) or ("i", image key, chunk index)
-    n_pos: int
-    tokens: tuple[int, ...] = ()
-    chunk: Chunk | None = None
-    whole: bool = True
-
-    @property
-    def n_cells(self) -> int:
-        return len(self.tokens) if self.chunk is None else self.chunk.n_tokens
-
-
-def _text_run(tokens: tuple[int, ...], whole: bool) -> _Run:
-    return _Run(("t", tokens, whole), len(tokens), tokens, whole=whole)
-
-
-def _pieces(n: int, step: int, whole: bool) -> list[tuple[int, int]]:
-    bounds = [*range(0, n, step), n]
-    if not whole and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        bounds[-2] -= 1
-    return list(itertools.pairwise(bounds))
-
-
-def _split_shared(runs: list[list[_Run]]) -> tuple[list[_Run], list[list[_Run]]]:
-    """The longest prefix all prompts share, and each prompt's remaining runs.
-
-    Whole runs are shared while equal; then, if every prompt continues with text, their
-    common tokens are shared too, provided no side of the cut is a single token and every
-    prompt keeps at least two tokens to decode.
-    """
-    n = _common_prefix([[r.key for r in rs] for rs in runs])
-    n = min(n, min(len(rs) for rs in runs) - 1)
-    prefix = list(runs[0][:n])
-    rests = [rs[n:] for rs in runs]
-    heads = [rest[0] for rest in rests]
-    if any(h.chunk is not None for h in heads):
-        return prefix, rests
-    first = heads[0].tokens
-    cut = min(len(h.tokens) for h in heads)
-    for h in heads[1:]:
-        cut = next((k for k in range(cut) if h.tokens[k] != first[k]), cut)
-
-    def ok(c: int) -> bool:
-        for h, rest in zip(heads, rests, strict=True):
-            left = len(h.tokens) - c
-            if left == 1 or (left == 0 and len(rest) == 1):
-                return False
-        return c != 1
-
-    while cut > 0 and not ok(cut):
-        cut -= 1
-    if cut == 0:
-        return prefix, rests
-    prefix.append(_text_run(first[:cut], whole=cut == len(first)))
-    out = []
-    for h, rest in zip(heads, rests, strict=True):
-        left = h.tokens[cut:]
-        out.append(([_text_run(left, whole=False)] if left else []) + rest[1:])
-    return prefix, out
 
 
 PREPARE_QUERY = "a photo"  # any text: the prepared head (header + image) precedes it
@@ -253,10 +169,9 @@ class LlamaMtmdScorer:
         if state_cache is None and state_cache_mb:
             state_cache = True
         self._state_cache_mb = state_cache_mb or 4096.0
-        self._states = self._open_state_cache(state_cache)
-        self._prefix: list[tuple[Any, ...]] = []  # unit keys held on sequence 0
-        self._prefix_pos: list[int] = []  # start position of each prefix unit
-        self._prefix_end = 0
+        self._decoder = PrefixDecoder(
+            self.rt, self._embeddings, self.stats, self._keep_exit_rows, self._open_state_cache(state_cache)
+        )
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -274,10 +189,23 @@ class LlamaMtmdScorer:
         if rt is not None:
             rt.close()
 
-    def clear_caches(self) -> None:
-        """Forget in-memory image embeddings and the kept prefix (the disk cache stays)."""
-        self._embeddings.clear()
-        self._reset()
+    def clear_caches(self, *, embeddings: bool = True) -> None:
+        """Forget the kept prefix and (unless ``embeddings=False``) the in-memory image
+        embeddings; the disk caches stay."""
+        if embeddings:
+            self._embeddings.clear()
+        self._decoder.reset()
+
+    @property
+    def state_cache(self) -> StateCache | None:
+        """The KV-state cache of text -> image prompt heads (None: heads decoded every time)."""
+        return self._decoder.states
+
+    @state_cache.setter
+    def state_cache(self, cache: StateCache | None) -> None:
+        if cache is not None and self.rt.n_seq != 1:
+            raise BadInput("the KV-state cache restores one candidate per decode: use batch_size 1")
+        self._decoder.states = cache
 
     def _open_disk_cache(self, spec: EmbeddingCache | str | Path | bool | None) -> EmbeddingCache | None:
         if spec is None or spec is False:
@@ -359,6 +287,13 @@ class LlamaMtmdScorer:
         (the head does not depend on the query); what is cached already costs a restore.
         Resumable: an interrupted run keeps what it cached. Returns the number of images.
         """
+        if self.state_cache is None:  # embeddings only: nothing to decode
+            for im in images:
+                self._ensure_embeddings(load_rgb(im))
+                self._evict(set())  # the disk cache keeps them; memory stays under its cap
+                if progress is not None:
+                    progress(1)
+            return len(images)
         items = [Item(image=im) for im in images]
         for a in range(0, len(items), batch):
             group = items[a : a + batch]
@@ -533,15 +468,9 @@ class LlamaMtmdScorer:
             self._head = OutputHead.from_gguf(self.rt.model_path)
         return exit_entropies(self._head, self.rt.capture.take())
 
-    def _reset(self) -> None:
-        self.rt.clear()
-        self._prefix.clear()
-        self._prefix_pos.clear()
-        self._prefix_end = 0
-
     def _naive(self, prompt: _Prompt) -> np.ndarray:
         """A fresh context, the full prompt, every image encoded again."""
-        self._reset()
+        self._decoder.reset()
         try:
             with self._tokenize(prompt, placeholders=False) as chunks:
                 self.rt.reserve(sum(ch.n_tokens for ch in chunks.items))
@@ -549,7 +478,7 @@ class LlamaMtmdScorer:
             self.stats.images_encoded += len(prompt.images)
             return logits
         finally:
-            self._reset()
+            self._decoder.reset()
 
     def _fast(self, prompts: list[_Prompt]) -> list[np.ndarray]:
         keep = {im.key for p in prompts for im in p.images}
@@ -563,167 +492,14 @@ class LlamaMtmdScorer:
             for p in prompts:
                 chunks = self._tokenize(p, placeholders=True)
                 all_chunks.append(chunks)
-                runs.append(self._runs(chunks))
-            return self._eval_shared(runs)
+                runs.append(self._decoder.runs(chunks))
+            return self._decoder.eval_shared(runs)
         except BaseException:
-            self._reset()
+            self._decoder.reset()
             raise
         finally:
             for ch in all_chunks:
                 ch.free()
-
-    def _runs(self, chunks: Chunks) -> list[_Run]:
-        out: list[_Run] = []
-        seen: dict[str, int] = {}
-        for ch in chunks.items:
-            if ch.kind != CHUNK_IMAGE:
-                out.append(_text_run(tuple(ch.tokens), whole=True))
-                continue
-            key = ch.image_id or ""
-            embs = self._embeddings.get(key)
-            if not embs:
-                raise BadInput("an image chunk has no embeddings (unknown image id)")
-            n = seen.get(key, 0)
-            seen[key] = n + 1
-            # an image seen twice (enhancement) repeats its chunks: chunk n is chunk n mod k
-            if embs[n % len(embs)].shape[0] != ch.n_tokens:
-                raise BadInput("an image's stored embeddings do not match its chunks in the prompt")
-            out.append(_Run(("i", key, n % len(embs)), ch.n_pos, chunk=ch))
-        if any(n % len(self._embeddings[key]) for key, n in seen.items()):
-            raise BadInput("an image's stored embeddings do not match its chunks in the prompt")
-        return out
-
-    def _eval_shared(self, runs: list[list[_Run]]) -> list[np.ndarray]:
-        prefix, suffixes = _split_shared(runs)
-        prefix_cells = sum(r.n_cells for r in prefix)
-        need = prefix_cells + max(sum(r.n_cells for r in rest) for rest in suffixes)
-        if self.rt.reserve(need):  # a new, larger context: sequence 0 holds nothing yet
-            self._reset()
-        start = self._sync_prefix(prefix)
-        results: list[np.ndarray | None] = [None] * len(runs)
-        order = list(range(len(runs)))
-        for g in range(0, len(order), self.rt.n_seq):
-            self._eval_group(order[g : g + self.rt.n_seq], suffixes, start, results)
-        return [r for r in results if r is not None]
-
-    def _sync_prefix(self, prefix: list[_Run]) -> int:
-        """Make sequence 0 hold exactly ``prefix``, reusing what it already holds."""
-        keys = [r.key for r in prefix]
-        m = _common_prefix([self._prefix, keys])
-        if m < len(self._prefix):
-            end = self._prefix_pos[m]
-            self.rt.seq_rm(0, end)
-            del self._prefix[m:]
-            del self._prefix_pos[m:]
-            self._prefix_end = end
-        self.stats.prefix_units_reused += m
-        try:
-            for r in prefix[m:]:
-                self._prefix.append(r.key)
-                self._prefix_pos.append(self._prefix_end)
-                self._prefix_end = self._decode_run(r, self._prefix_end, seq=0)
-        except BaseException:
-            self._reset()
-            raise
-        self.stats.prefix_units_evaluated += len(prefix) - m
-        return self._prefix_end
-
-    def _eval_group(
-        self,
-        group: list[int],
-        suffixes: list[list[_Run]],
-        start: int,
-        results: list[np.ndarray | None],
-    ) -> None:
-        rt = self.rt
-        tails: list[tuple[int, int, int, tuple[int, ...]]] = []
-        try:
-            for j, i in enumerate(group):
-                seq = j + 1
-                *body, last = suffixes[i]
-                pos = self._restore_or_decode(seq, start, body)
-                pieces = _pieces(len(last.tokens), rt.n_batch, last.whole)
-                for a, b in pieces[:-1]:
-                    pos = self._decode_piece(last.tokens[a:b], pos, seq)
-                a, b = pieces[-1]
-                tails.append((i, seq, pos, last.tokens[a:b]))
-            # The final pieces of the group's prompts share one batched decode.
-            entries: list[tuple[int, int, int, bool]] = []
-            owners: list[tuple[int, int]] = []
-            for i, seq, pos, tail in tails:
-                if entries and len(entries) + len(tail) > rt.n_batch:
-                    self._decode_batch(entries, owners, results)
-                    entries, owners = [], []
-                entries.extend((t, pos + k, seq, k == len(tail) - 1) for k, t in enumerate(tail))
-                owners.append((i, len(entries) - 1))
-            self._decode_batch(entries, owners, results)
-        finally:
-            for j in range(len(group)):
-                rt.seq_rm(j + 1)
-
-    def _restore_or_decode(self, seq: int, start: int, body: list[_Run]) -> int:
-        """Put prefix + ``body`` on ``seq``; returns the next position.
-
-        With a state cache, the head up to the body's first image (the query-independent part
-        of a text -> image prompt: chat header + candidate image) is restored from a saved
-        state when known, else decoded and saved; the rest of the body is decoded.
-        """
-        rt = self.rt
-        images = [k for k, r in enumerate(body) if r.chunk is not None]
-        if self._states is None or not images:
-            rt.seq_cp(0, seq)
-            pos = start
-            for r in body:
-                pos = self._decode_run(r, pos, seq)
-            return pos
-        cut = images[0] + 1
-        key = head_key([*self._prefix, *(r.key for r in body[:cut])])
-        got = self._states.get(key)
-        pos = None
-        if got is not None:
-            data, end = got
-            rt.seq_rm(seq)
-            if rt.state_seq_set(seq, data):
-                pos = end
-                self.stats.states_restored += 1
-            else:
-                rt.seq_rm(seq)
-                self._states.drop(key)
-        if pos is None:
-            rt.seq_cp(0, seq)
-            pos = start
-            for r in body[:cut]:
-                pos = self._decode_run(r, pos, seq)
-            self._states.put(key, rt.state_seq_get(seq), pos)
-            self.stats.states_saved += 1
-        for r in body[cut:]:
-            pos = self._decode_run(r, pos, seq)
-        return pos
-
-    def _decode_batch(
-        self,
-        entries: list[tuple[int, int, int, bool]],
-        owners: list[tuple[int, int]],
-        results: list[np.ndarray | None],
-    ) -> None:
-        if not entries:
-            return
-        self.rt.decode_tokens(entries)
-        for i, idx in owners:
-            results[i] = self.rt.logits(idx)
-            self._keep_exit_rows(i)  # one owner per decode when capturing (batch_size 1)
-
-    def _decode_run(self, run: _Run, pos: int, seq: int) -> int:
-        if run.chunk is not None:
-            embd = self._embeddings[run.key[1]][run.key[2]]
-            return self.rt.decode_image(run.chunk, embd, pos, seq)
-        for a, b in _pieces(len(run.tokens), self.rt.n_batch, run.whole):
-            pos = self._decode_piece(run.tokens[a:b], pos, seq)
-        return pos
-
-    def _decode_piece(self, tokens: Sequence[int], pos: int, seq: int) -> int:
-        self.rt.decode_tokens([(t, pos + k, seq, False) for k, t in enumerate(tokens)])
-        return pos + len(tokens)
 
     # -- image embeddings -----------------------------------------------------------------
 
@@ -776,15 +552,3 @@ def _loaded(
     cands = [Item.coerce(c) for c in candidates]
     qimg = load_rgb(q.image) if q.image is not None else None
     return q, cands, qimg, [load_rgb(c.image) if c.image is not None else None for c in cands]
-
-
-def _common_prefix(seqs: list[list[tuple[Any, ...]]]) -> int:
-    if not seqs:
-        return 0
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for k in range(n):
-        key = first[k]
-        if any(s[k] != key for s in seqs[1:]):
-            return k
-    return n

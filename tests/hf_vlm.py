@@ -1,0 +1,94 @@
+"""transformers on the prompts the llama.cpp scorer decodes: the reference path.
+
+``LlamaMtmdScorer.layout`` gives a pair's prompt as segments: text token ids (llama.cpp's
+tokenizer, which has the checkout's ids) and image chunks with their token counts.
+transformers gets the same ids, each image chunk's slots filled with the model's image token,
+and pixel values from the checkout's own image processor, so both runtimes see one prompt.
+Used by the parity tests (``vlm_fixtures``) and by ``benchmarks/rerank_real_shape.py`` (the
+CPU reference the paper's code takes: one transformers forward per pair).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def prompt_ids(segments: Sequence[Any], image_token: int) -> tuple[list[int], list[int]]:
+    """Token ids with each image chunk's slots as ``image_token``, and each chunk's count."""
+    ids: list[int] = []
+    counts: list[int] = []
+    for seg in segments:
+        if seg.kind == "text":
+            ids += seg.tokens
+        else:
+            ids += [image_token] * seg.n_tokens
+            counts.append(seg.n_tokens)
+    return ids, counts
+
+
+class HFReference:
+    """A transformers VLM checkout run on llama.cpp prompt layouts: next-token probabilities.
+
+    ``kind`` is "qwen2vl" or "idefics3" (SmolVLM). For Qwen2-VL, ``min_tokens`` /
+    ``max_tokens`` set the processor's pixel budget to the scorer's image-token budget
+    (tokens x 28 x 28), so both cut an image into the same grid.
+    """
+
+    def __init__(
+        self,
+        checkout: str | Path,
+        kind: str,
+        *,
+        dtype: str = "float32",
+        min_tokens: int | None = None,
+        max_tokens: int | None = None,
+        model: Any = None,
+    ):
+        import torch
+        import transformers
+
+        self.kind = kind
+        self.torch = torch
+        cls = {
+            "qwen2vl": transformers.Qwen2VLForConditionalGeneration,
+            "idefics3": transformers.Idefics3ForConditionalGeneration,
+        }[kind]
+        self.model = model or cls.from_pretrained(checkout, dtype=getattr(torch, dtype)).eval()
+        kwargs: dict[str, Any] = {}
+        if kind == "qwen2vl" and max_tokens:
+            kwargs = {"min_pixels": (min_tokens or 4) * 28 * 28, "max_pixels": max_tokens * 28 * 28}
+        self.processor = transformers.AutoImageProcessor.from_pretrained(checkout, use_fast=False, **kwargs)
+        self.image_token = self.model.config.image_token_id
+
+    def inputs(self, segments: Sequence[Any], images: Sequence[Any]) -> dict[str, Any]:
+        """Model inputs for one prompt: ``images`` in prompt order, one per image (not chunk)."""
+        torch = self.torch
+        ids, counts = prompt_ids(segments, self.image_token)
+        input_ids = torch.tensor([ids])
+        out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        if not images:
+            return out
+        # Idefics3 takes one list of images per sample (its tiles stacked in one row)
+        batch = list(images) if self.kind == "qwen2vl" else [list(images)]
+        pix = self.processor(images=batch, return_tensors="pt")
+        if self.kind == "qwen2vl":
+            grid = pix["image_grid_thw"]
+            merge = self.processor.merge_size
+            have = [int(g.prod()) // merge**2 for g in grid]
+            assert have == counts, (have, counts)
+            out.update(pixel_values=pix["pixel_values"], image_grid_thw=grid)
+        else:
+            # one chunk a tile (+ the overview); the processor stacks every image's tiles
+            tiles = int(pix["pixel_attention_mask"].shape[1])
+            assert tiles * len(images) >= len(counts), (tiles, counts)
+            out.update(pixel_values=pix["pixel_values"], pixel_attention_mask=pix["pixel_attention_mask"])
+        return out
+
+    def probs(self, segments: Sequence[Any], images: Sequence[Any], **kwargs: Any) -> Any:
+        """Next-token probabilities (float64 numpy) after the prompt."""
+        torch = self.torch
+        with torch.no_grad():
+            out = self.model(**self.inputs(segments, images), **kwargs)
+        return torch.softmax(out.logits[0, -1].double(), dim=-1).numpy()
