@@ -34,6 +34,13 @@ class HFReference:
     ``kind`` is "qwen2vl" or "idefics3" (SmolVLM). For Qwen2-VL, ``min_tokens`` /
     ``max_tokens`` set the processor's pixel budget to the scorer's image-token budget
     (tokens x 28 x 28), so both cut an image into the same grid.
+
+    Idefics3 tile positions: transformers 4.57 computes a patch's fractional coordinate as
+    ``i / n * (1 - 1e-6)`` and buckets it with ``right=True``, which puts patch i > 0 in
+    bucket i - 1 (position ids 0, 0, 1, 2, ... per row: measured on the tiny checkout).
+    Earlier transformers releases, which SmolVLM was trained with, and llama.cpp give patch i
+    position i. ``idefics3_positions="identity"`` (default) restores that for full tiles;
+    ``"transformers"`` keeps 4.57's.
     """
 
     def __init__(
@@ -45,6 +52,7 @@ class HFReference:
         min_tokens: int | None = None,
         max_tokens: int | None = None,
         model: Any = None,
+        idefics3_positions: str = "identity",
     ):
         import torch
         import transformers
@@ -61,6 +69,8 @@ class HFReference:
             kwargs = {"min_pixels": (min_tokens or 4) * 28 * 28, "max_pixels": max_tokens * 28 * 28}
         self.processor = transformers.AutoImageProcessor.from_pretrained(checkout, use_fast=False, **kwargs)
         self.image_token = self.model.config.image_token_id
+        if kind == "idefics3" and idefics3_positions == "identity":
+            _identity_tile_positions(self.model.model.vision_model.embeddings, torch)
 
     def inputs(self, segments: Sequence[Any], images: Sequence[Any]) -> dict[str, Any]:
         """Model inputs for one prompt: ``images`` in prompt order, one per image (not chunk)."""
@@ -92,3 +102,15 @@ class HFReference:
         with torch.no_grad():
             out = self.model(**self.inputs(segments, images), **kwargs)
         return torch.softmax(out.logits[0, -1].double(), dim=-1).numpy()
+
+
+def _identity_tile_positions(embeddings: Any, torch: Any) -> None:
+    """Idefics3 vision embeddings with position i for patch i (full tiles only)."""
+
+    def forward(pixel_values: Any, patch_attention_mask: Any) -> Any:
+        assert bool(patch_attention_mask.all()), "identity positions are for full tiles"
+        patches = embeddings.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        ids = torch.arange(patches.shape[1])
+        return patches + embeddings.position_embedding(ids)[None]
+
+    embeddings.forward = forward

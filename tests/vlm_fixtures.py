@@ -168,10 +168,12 @@ def smolvlm_f32_scorer(tiny_smolvlm_hf, vlm_converter, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smolvlm_hf_reference(tiny_smolvlm_hf):
-    """transformers' Idefics3 (f32) on given llama.cpp layouts and images (``hf_vlm.HFReference``)."""
+    """transformers' Idefics3 (f32) on given llama.cpp layouts and images (``hf_vlm.HFReference``):
+    ``{"identity": ..., "transformers": ...}`` by tile positions (see ``HFReference``)."""
     from hf_vlm import HFReference
 
-    return HFReference(tiny_smolvlm_hf, "idefics3")
+    return {pos: HFReference(tiny_smolvlm_hf, "idefics3", idefics3_positions=pos).probs
+            for pos in ("identity", "transformers")}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
