@@ -63,3 +63,38 @@ def load_file(encoder: ImageEncoder, entry: FileEntry, known: frozenset[str] = f
     except Exception as exc:  # a decoder bug must not stop the run
         out.error = f"cannot decode image: {type(exc).__name__}: {exc}"[:300]
     return out
+
+
+@dataclass
+class EmbeddedFile:
+    """A file after embedding: a vector, an error, or neither (content already in the index)."""
+
+    entry: FileEntry
+    fingerprint: str | None
+    vector: np.ndarray | None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+    warning: str | None = None
+
+    @property
+    def known_content(self) -> bool:
+        return self.vector is None and self.error is None
+
+
+def embed_loaded(encoder: ImageEncoder, loaded: list[LoadedFile]) -> list[EmbeddedFile]:
+    """Embed the decoded files of a batch in one call; pass the others through."""
+    decoded = [f for f in loaded if f.pixels is not None]
+    vectors = iter(encoder.embed_pixels(np.stack([f.pixels for f in decoded])) if decoded else ())
+    return [
+        EmbeddedFile(
+            f.entry,
+            f.fingerprint,
+            next(vectors) if f.pixels is not None else None,
+            f.width,
+            f.height,
+            f.error,
+            f.warning,
+        )
+        for f in loaded
+    ]
