@@ -302,6 +302,7 @@ def test_ray_index_survives_a_lost_actor_and_matches_local_topk(ray_folder, tiny
     )
     try:
         wait_committed(uri, proc, 8)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
         actors = session_processes(proc.pid, "MapWorker")
         assert actors, "no Ray Data actor found while the run was going"
         os.kill(actors[0], signal.SIGKILL)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -104,7 +105,9 @@ def to_arrow(files: Sequence[EmbeddedFile], dim: int):
 def from_arrow(table) -> list[EmbeddedFile]:
     vec = table["vector"].combine_chunks()
     dim = vec.type.list_size
-    flat = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) if len(vec) else None
+    # .values keeps the slots of null vectors (flatten() would drop them and shift the rest)
+    values = vec.values.to_numpy(zero_copy_only=False)
+    flat = values[vec.offset * dim : (vec.offset + len(vec)) * dim].reshape(-1, dim)
     valid = vec.is_valid().to_pylist()
     cols = {c: table[c].to_pylist() for c in table.column_names if c != "vector"}
     out = []
@@ -130,10 +133,16 @@ def ray_session(options: RayOptions) -> Iterator[int]:
     Yields how many actors to start.
     """
     ray = require("ray", "scale", "indexing on Ray (--ray)")
+    # Ray prints its notes (a worker died, a task is retried) to stdout: keep stdout for results
+    with contextlib.redirect_stdout(sys.stderr):
+        yield from _ray_session(ray, options)
+
+
+def _ray_session(ray, options: RayOptions) -> Iterator[int]:
     started = False
     if not ray.is_initialized():
         address = options.address or os.environ.get("RAY_ADDRESS") or None
-        common = {"include_dashboard": False, "logging_level": "error", "log_to_driver": True}
+        common = {"include_dashboard": False, "logging_level": "error", "log_to_driver": False}
         # the driver has lancedb loaded: Ray's fork+exec of its processes is safe, say nothing
         warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
         if address:
