@@ -29,9 +29,11 @@ from retllm_lite.index.indexer import Indexer
 from retllm_lite.index.lance_store import LanceIndex
 from retllm_lite.index.store import Index
 from retllm_lite.pipeline import Retriever
+from torch_free import run_without_torch
 
+# No importorskip: README's test command installs the scale extra (in `all`), so a missing
+# lancedb, ray or moto fails here instead of quietly skipping the scale tests.
 pytestmark = pytest.mark.scale
-lancedb = pytest.importorskip("lancedb", reason="the scale extra (pip install 'retllm-lite[scale]')")
 
 
 @pytest.fixture
@@ -112,6 +114,10 @@ def test_lance_folder_incremental_moves_errors_and_encoder(photos, fp32, tiny_cl
         assert r.search(image=photos / "gone" / "moved.jpg", k=1)[0].score > 0.999
         assert r.search(image=photos / "text.jpg", k=1)[0].path == str(photos / "text.jpg")
 
+    # the CLI searches it like a local index, without torch
+    out = run_without_torch(["search", "--image", files[3], "--index", spec, "-k", "2", "--json"])[0]
+    assert json.loads(out)[0]["path"] == str(files[3])
+
     # the encoder is checked, writers are one at a time
     int8 = load_encoder(tiny_clip_dir, variant="int8")
     with open_index(spec, writable=True) as idx, pytest.raises(EncoderMismatch, match="clip-model"):
@@ -152,7 +158,6 @@ def free_port() -> int:
 
 @pytest.fixture
 def s3_endpoint(monkeypatch):
-    pytest.importorskip("moto.server", reason="the scale extra's test dependency moto[server]")
     import boto3
     from moto.server import ThreadedMotoServer
 
