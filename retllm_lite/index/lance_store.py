@@ -37,7 +37,7 @@ from .catalog import ItemRow
 from .lock import WriterLock
 
 SCHEMA_VERSION = "1"
-LANCE_INDEX_THRESHOLD = int(os.environ.get("RETLLM_LANCE_INDEX_THRESHOLD", "20000"))
+LANCE_INDEX_THRESHOLD = int(os.environ.get("RETLLM_LANCE_INDEX_THRESHOLD", "5000"))
 # IVF_HNSW_SQ search settings (recall@10 >= 0.99 against exact at 100k, benchmarks/lance_search.py)
 NPROBES = 20
 EF = 64
