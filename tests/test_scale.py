@@ -81,6 +81,9 @@ def test_lance_folder_incremental_moves_errors_and_encoder(photos, fp32, tiny_cl
     assert_same_topk(topk(spec, fp32, files[:6]), local_topk(run_index_local, fp32, files[:6]))
 
     with open_index(spec) as idx:
+        assert not idx.writable
+        with pytest.raises(ValueError, match="writable"):
+            make_indexer(idx, fp32)
         errors = dict(idx.errors())
         assert errors[str(photos / "empty.jpg")] == "empty file (0 bytes)"
         assert "not an image" in errors[str(photos / "text.jpg")]

@@ -155,8 +155,9 @@ def _in_list(values) -> str:
 class LanceIndex:
     """An index held by LanceDB (see the module docstring); satisfies ``backend.SearchIndex``."""
 
-    def __init__(self, uri: str, db, lock: WriterLock | None, index_threshold: int):
+    def __init__(self, uri: str, db, lock: WriterLock | None, index_threshold: int, writable: bool = False):
         self.uri = uri
+        self._writable = writable
         self.db = db
         self.lock = lock
         self.index_threshold = index_threshold
@@ -200,7 +201,7 @@ class LanceIndex:
                     ) from None
         try:
             db = lancedb.connect(uri, storage_options=opts or None)
-            index = cls(uri, db, lock, index_threshold)
+            index = cls(uri, db, lock, index_threshold, writable)
             index._open_tables(writable)
         except BaseException:
             if lock is not None:
@@ -251,7 +252,8 @@ class LanceIndex:
 
     @property
     def writable(self) -> bool:
-        return self.lock is not None or "://" in self.uri
+        """Opened for writing (a local folder: and locked; object storage has no lock)."""
+        return self._writable and (self.lock is not None or "://" in self.uri)
 
     @property
     def location(self) -> str:
