@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Index": "retllm_lite.index.store",
     "Indexer": "retllm_lite.index.indexer",
+    "open_index": "retllm_lite.index.backend",
     "Retriever": "retllm_lite.pipeline",
     "SearchHit": "retllm_lite.pipeline",
     "load_encoder": "retllm_lite.encode",

@@ -140,10 +140,10 @@ def _model_rows(problems: list[dict], cpu: dict[str, Any]) -> list[dict[str, Any
 
 def _index_info(index_path, problems: list[dict], cpu: dict[str, Any]) -> dict[str, Any] | None:
     from .errors import IndexNotFound
-    from .index.store import Index
+    from .index.backend import open_index
 
     try:
-        with Index.open(index_path) as idx:
+        with open_index(index_path) as idx:
             stats = idx.stats()
     except IndexNotFound:
         where = Path(index_path).expanduser() if index_path else default_index_dir()

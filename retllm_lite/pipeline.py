@@ -18,8 +18,8 @@ import numpy as np
 from .encode import Encoder, load_encoder, normalize
 from .encode.base import ImageSource
 from .errors import BadInput, ModelNotFound
+from .index.backend import SearchIndex, open_index
 from .index.catalog import ItemRow
-from .index.store import Index
 from .paths import models_dir
 
 DEFAULT_IMAGE_WEIGHT = 0.5
@@ -111,7 +111,7 @@ def path_filter(include: Sequence[str] = (), exclude: Sequence[str] = ()):
 class Retriever:
     """Search an index with text and/or image queries; optionally rerank with a scorer."""
 
-    def __init__(self, index: Index, encoder: Encoder | None = None, scorer=None):
+    def __init__(self, index: SearchIndex, encoder: Encoder | None = None, scorer=None):
         self.index = index
         if encoder is None:
             encoder = self._encoder_for(index)
@@ -120,11 +120,11 @@ class Retriever:
         self.scorer = scorer
 
     @staticmethod
-    def _encoder_for(index: Index) -> Encoder:
+    def _encoder_for(index: SearchIndex) -> Encoder:
         info = index.encoder_info()
         if info is None:
             raise ModelNotFound(
-                f"{index.directory}: the index is empty (no encoder recorded yet)",
+                f"{index.location}: the index is empty (no encoder recorded yet)",
                 hint="run 'retllm index FOLDER' first",
             )
         try:
@@ -136,14 +136,14 @@ class Retriever:
             else:
                 hint = "pass --clip-model DIR pointing at the same model"
             raise ModelNotFound(
-                f"the model that built {index.directory} ({info.name}, manifest "
+                f"the model that built {index.location} ({info.name}, manifest "
                 f"{info.manifest_sha256[:12]}…) is no longer at {info.location}",
                 hint=hint,
             ) from None
 
     @classmethod
     def open(cls, index_path=None, clip_model=None, variant: str | None = None, scorer=None) -> Retriever:
-        index = Index.open(index_path)
+        index = open_index(index_path)
         try:
             encoder = None
             if clip_model is not None:

@@ -32,12 +32,24 @@ def cli() -> None:
     """retllm: search your photos and captions offline (CLIP + a local VLM reranker)."""
 
 
+class IndexSpec(click.ParamType):
+    """``--index``: a folder (a Path), or ``lance:URI`` kept as text (``s3://`` must keep its ``//``)."""
+
+    name = "PATH|lance:URI"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.startswith("lance:"):
+            return value
+        return Path(value)
+
+
 index_option = click.option(
     "--index",
     "index_path",
-    type=click.Path(path_type=Path),
+    type=IndexSpec(),
     envvar="RETLLM_INDEX",
-    help="Index folder (default: $RETLLM_INDEX, else the XDG data dir).",
+    help="Index folder (default: $RETLLM_INDEX, else the XDG data dir), or lance:URI for a LanceDB "
+    "index in a folder or on object storage (lance:s3://bucket/prefix).",
 )
 clip_option = click.option(
     "--clip-model",

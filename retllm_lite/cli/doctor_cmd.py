@@ -30,8 +30,8 @@ def doctor_cmd(index_path, output_format):
         sys.exit(1)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
+def _mb(n: int | None) -> str:
+    return "size not measured on object storage" if n is None else f"{n / 1e6:,.1f} MB"
 
 
 def _print_int8(info: dict | None) -> None:

@@ -55,6 +55,29 @@ from .output import emit_json, emit_table, output_options
     type=click.FloatRange(0, 1),
     help="Image weight w of image+text items: normalize(w*image + (1-w)*text). Default 0.5.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Embed on Ray Data into a LanceDB --index lance:URI: join the cluster at ADDRESS (or "
+    "$RAY_ADDRESS), else start a local Ray. Put it after the FOLDERS.",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    help="Ray actors, one ONNX session each (default: the CPUs of the local Ray or cluster; "
+    "a local Ray gets this many CPUs).",
+)
+@click.option(
+    "--commit-rows",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="LanceDB index: rows per commit (what an interrupted run keeps).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @offline_option
 @output_options()
@@ -72,6 +95,9 @@ def index_cmd(
     texts,
     items,
     item_image_weight,
+    ray_address,
+    ray_workers,
+    commit_rows,
     progress,
     offline,
     output_format,
@@ -82,11 +108,11 @@ def index_cmd(
     content. Interrupt at any time: the next run resumes where this one stopped.
     """
     from ..encode import load_encoder
-    from ..index.indexer import Indexer, IndexReport
-    from ..index.store import Index
+    from ..index.backend import is_lance, make_indexer, open_index
+    from ..index.indexer import IndexReport
 
     if list_errors:
-        with Index.open(index_path) as idx:
+        with open_index(index_path) as idx:
             rows = [{"path": p, "reason": r} for p, r in idx.errors()]
             rows += [{"path": p, "reason": f"indexed, with a warning: {w}"} for p, w in idx.warnings()]
         if output_format in ("json", "nl"):
@@ -98,6 +124,13 @@ def index_cmd(
         return
     if not folders and not texts and not items:
         raise click.UsageError("give a FOLDER, --texts FILE or --items FILE to index (or --errors)")
+    ray = None
+    if ray_address is not None or ray_workers is not None:
+        if not is_lance(index_path):
+            raise click.UsageError("--ray embeds into a LanceDB index: add --index lance:FOLDER_OR_URI")
+        from ..index.ray_embed import RayOptions
+
+        ray = RayOptions(address=ray_address or None, workers=ray_workers)
     for path in (*folders, *texts, *items):
         if not path.exists():
             raise click.BadParameter(f"{path}: no such file or folder", param_hint="FOLDERS")
@@ -113,11 +146,13 @@ def index_cmd(
             clip_model, offline=offline, announce=announce, progress=progress_enabled(progress)
         )
         encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
-    with Index.open(index_path, writable=True, wait=wait) as idx:
+    lance_only = {"commit_rows": commit_rows, "ray": ray} if is_lance(index_path) else {}
+    with open_index(index_path, writable=True, wait=wait) as idx:
         bars = Bars(progress_enabled(progress))
-        indexer = Indexer(
+        indexer = make_indexer(
             idx,
             encoder,
+            **lance_only,
             batch_size=batch_size,
             workers=workers,
             hidden=hidden,
@@ -136,9 +171,9 @@ def index_cmd(
             signal.signal(signal.SIGTERM, old)
             bars.close()
     if output_format in ("json", "nl"):
-        emit_json({**report.to_dict(), "index": str(idx.directory)}, "json")
+        emit_json({**report.to_dict(), "index": idx.location}, "json")
     else:
-        _print_report(report, idx.directory)
+        _print_report(report, idx.location)
     if report.interrupted:
         click.echo(
             f"Interrupted: the {report.indexed} items embedded so far are saved. "
@@ -151,16 +186,16 @@ def index_cmd(
 def _built_with(index_path):
     """The encoder an existing index was built with (None: no index there yet)."""
     from ..errors import IndexNotFound
-    from ..index.store import Index
+    from ..index.backend import open_index
 
     try:
-        with Index.open(index_path) as idx:
+        with open_index(index_path) as idx:
             return idx.encoder_info()
     except IndexNotFound:
         return None
 
 
-def _print_report(report, directory: Path) -> None:
+def _print_report(report, directory: str) -> None:
     parts = [f"{report.indexed} indexed"]
     if report.reembedded:
         parts.append(f"{report.reembedded} re-embedded (transparency now composited onto white)")

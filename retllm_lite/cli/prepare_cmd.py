@@ -35,16 +35,21 @@ def prepare_rerank_cmd(index_path, vlm_model, mmproj, limit, progress, offline, 
     """
     from pathlib import Path
 
-    from ..index.store import Index
+    from ..index.backend import is_lance, open_index
     from ..models.pull import ensure_vlm
     from ..rerank.llama_mtmd import LlamaMtmdScorer
 
-    with Index.open(index_path) as idx:
-        rows = [
-            r for r in idx.catalog.all_items(status="ok") if r.modality in ("image", "image+text") and r.path
-        ]
-        where = idx.directory
-    paths = [p for p in (Path(r.path.decode(errors="surrogateescape")) for r in rows) if p.is_file()]
+    with open_index(index_path) as idx:
+        if is_lance(index_path):  # a LanceDB index holds photos only
+            raw = idx.scan_columns(["path"], "status = 'ok'")["path"].to_pylist()
+        else:
+            raw = [
+                r.path
+                for r in idx.catalog.all_items(status="ok")
+                if r.modality in ("image", "image+text") and r.path
+            ]
+        where = idx.location
+    paths = [p for p in (Path(r.decode(errors="surrogateescape")) for r in raw) if p.is_file()]
     if limit:
         paths = paths[:limit]
     model, proj = ensure_vlm(vlm_model, mmproj, offline=offline, announce=announce)

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..encode.base import Encoder, normalize
-from ..encode.preprocess import ImageLoadError
 from ..fingerprint import fingerprint_bytes
-from ..pil_warnings import recorded
 from ..transparency import PIXELS_VERSION
 from .collections import CollectionItem, LineProblem, item_key, read_collection
+from .file_load import LoadedFile as _Loaded
+from .file_load import load_file
 from .pixels_refresh import refresh_pixels
 from .scan import FileEntry, Skipped, scan
 from .store import Index
@@ -113,21 +113,6 @@ class IndexReport:
         }
 
 
-@dataclass
-class _Loaded:
-    entry: FileEntry
-    fingerprint: str | None = None
-    pixels: np.ndarray | None = None
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
-    warning: str | None = None  # what the decoder warned about (one line), for an ok image
-
-
-def _warning_line(messages: list[str]) -> str | None:
-    return "; ".join(dict.fromkeys(messages))[:300] if messages else None
-
-
 def _text_fingerprint(text: str) -> str:
     return fingerprint_bytes(b"text\0" + text.encode("utf-8", "surrogatepass"))
 
@@ -192,33 +177,7 @@ class Indexer:
 
     # ---- worker side (threads: no SQLite here) ---------------------------------------
     def _load(self, entry: FileEntry, known: frozenset[str]) -> _Loaded:
-        out = _Loaded(entry)
-        try:
-            with open(entry.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            out.error = "cannot read file: it vanished after the folder was scanned"
-            return out
-        except OSError as exc:
-            out.error = f"cannot read file: {exc.strerror or exc}"
-            return out
-        if not data:
-            out.error = "empty file (0 bytes)"
-            return out
-        out.fingerprint = fingerprint_bytes(data)
-        if out.fingerprint in known:
-            return out  # content already embedded: link it, no decode
-        try:
-            with recorded() as caught:  # not printed between progress lines
-                loaded = self.encoder.load_image(data)
-                out.pixels = self.encoder.preprocess(loaded.image)
-            out.width, out.height = loaded.width, loaded.height
-            out.warning = _warning_line(loaded.warnings + caught)
-        except ImageLoadError as exc:
-            out.error = str(exc)
-        except Exception as exc:  # a decoder bug must not stop the run
-            out.error = f"cannot decode image: {type(exc).__name__}: {exc}"[:300]
-        return out
+        return load_file(self.encoder, entry, known)
 
     # ---- main loop -----------------------------------------------------------------
     def index_folders(self, roots: Sequence[str | os.PathLike]) -> IndexReport:

@@ -99,6 +99,11 @@ class Index:
     def writable(self) -> bool:
         return self.lock is not None
 
+    @property
+    def location(self) -> str:
+        """Where the index is, for messages (``backend.SearchIndex``)."""
+        return str(self.directory)
+
     # ---- encoder identity ----------------------------------------------------------
     def encoder_info(self) -> EncoderInfo | None:
         meta = self.catalog.meta()
