@@ -42,6 +42,7 @@ class Index:
         self.lock = lock
         self.ann_threshold = ann_threshold
         self._search = None
+        self._search_seq = -1
 
     # ---- lifecycle -----------------------------------------------------------------
     @classmethod
@@ -179,8 +180,29 @@ class Index:
         if self._search is None:
             info = self.encoder_info()
             dim = info.dim if info else 0
+            # read before the vectors: a change committed in between makes refresh() reload
+            self._search_seq = self.catalog.seq
             self._search = open_search(self.catalog, self.directory, dim, self.ann_threshold)
         return self._search
+
+    def refresh(self) -> bool:
+        """Drop the loaded vectors if the catalog changed since they were loaded (a writer ran).
+
+        A long-lived reader (``retllm serve``) calls this before a search to see what an
+        indexer committed meanwhile; it never takes the writer lock. Returns True if the
+        next search reloads.
+        """
+        if self._search is None:
+            return False
+        if self.catalog.seq == self._search_seq:
+            return False
+        self._search = None
+        return True
+
+    def loaded_state(self) -> tuple[int, int]:
+        """(change sequence, live vectors) of what searches currently run on (loads it if needed)."""
+        searcher = self._searcher()
+        return self._search_seq, len(searcher)
 
     @property
     def search_kind(self) -> str:
