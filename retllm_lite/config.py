@@ -50,7 +50,9 @@ def load_config(path: Path | None = None) -> dict:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise BadInput(f"{path}: cannot read the config file ({exc.strerror})", hint="fix or remove it") from None
+        raise BadInput(
+            f"{path}: cannot read the config file ({exc.strerror})", hint="fix or remove it"
+        ) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -58,16 +60,15 @@ def load_config(path: Path | None = None) -> dict:
     out = {}
     for key, value in data.items():
         if key not in KEYS:
-            raise BadInput(
-                f"{path}: unknown setting {key!r}", hint=f"known settings: {', '.join(KEYS)}"
-            )
+            raise BadInput(f"{path}: unknown setting {key!r}", hint=f"known settings: {', '.join(KEYS)}")
         _param, kind, what = KEYS[key]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is int and ok and value < 1:
             ok = False
         if not ok:
+            wanted = "positive whole number" if kind is int else kind.__name__
             raise BadInput(
-                f"{path}: {key} = {value!r} is not a {'positive whole number' if kind is int else kind.__name__}",
+                f"{path}: {key} = {value!r} is not a {wanted}",
                 hint=f"{key} is the {what}",
             )
         out[key] = os.path.expanduser(value) if key == "index" else value

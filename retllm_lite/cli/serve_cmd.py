@@ -5,15 +5,25 @@ from __future__ import annotations
 import click
 
 from ..errors import require
-from .app import announce, cli, clip_option, index_option, mmproj_option, offline_option, variant_option
-from .app import vlm_model_option
+from .app import (
+    announce,
+    cli,
+    clip_option,
+    index_option,
+    mmproj_option,
+    offline_option,
+    variant_option,
+    vlm_model_option,
+)
 from .runtime_options import vlm_runtime_options
 
 
 @cli.command("serve")
 @index_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port."
+)
 @click.option(
     "--token",
     envvar="RETLLM_SERVE_TOKEN",
@@ -24,15 +34,41 @@ from .runtime_options import vlm_runtime_options
 @vlm_model_option
 @mmproj_option
 @offline_option
-@click.option("-k", "--k", "k", type=click.IntRange(1, 200), default=30, show_default=True,
-              help="Results per search (the page can change it).")
+@click.option(
+    "-k",
+    "--k",
+    "k",
+    type=click.IntRange(1, 200),
+    default=30,
+    show_default=True,
+    help="Results per search (the page can change it).",
+)
 @click.option("--rerank/--no-rerank", "rerank", default=False, help="Start with the rerank switch on.")
-@click.option("--max-upload-mb", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
-              help="Largest query image accepted.")
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0.1),
+    default=20.0,
+    show_default=True,
+    help="Largest query image accepted.",
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
 @vlm_runtime_options
-def serve_cmd(index_path, host, port, token, clip_model, variant, vlm_model, mmproj, offline, k, rerank,
-              max_upload_mb, open_browser, vlm_runtime):
+def serve_cmd(
+    index_path,
+    host,
+    port,
+    token,
+    clip_model,
+    variant,
+    vlm_model,
+    mmproj,
+    offline,
+    k,
+    rerank,
+    max_upload_mb,
+    open_browser,
+    vlm_runtime,
+):
     """Search and browse the index in a web browser (a local app; JSON API under /api/)."""
     require("uvicorn", "serve", "retllm serve")
     require("starlette", "serve", "retllm serve")

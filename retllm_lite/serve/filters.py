@@ -29,7 +29,9 @@ def parse_date_bound(value: str, name: str) -> dt.datetime:
     try:
         return dt.datetime(year, month, day)
     except ValueError as exc:
-        raise BadInput(f"{name}={value!r} is not a date ({exc})", hint="use YYYY, YYYY-MM or YYYY-MM-DD") from None
+        raise BadInput(
+            f"{name}={value!r} is not a date ({exc})", hint="use YYYY, YYYY-MM or YYYY-MM-DD"
+        ) from None
 
 
 @dataclass(frozen=True)

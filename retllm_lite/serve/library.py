@@ -124,7 +124,9 @@ class ServedIndex:
         self._folders: tuple[int, list[str]] | None = None
         self._search = _Confined(
             "retllm-search",
-            lambda: Retriever.open(settings.index_path, clip_model=settings.clip_model, variant=settings.variant),
+            lambda: Retriever.open(
+                settings.index_path, clip_model=settings.clip_model, variant=settings.variant
+            ),
         )
         try:
             self._catalog = _Confined("retllm-catalog", lambda: Index.open(settings.index_path))
@@ -134,7 +136,11 @@ class ServedIndex:
         self._thumbs = ThreadPoolExecutor(2, thread_name_prefix="retllm-thumbs")
 
     def settings_summary(self) -> str:
-        vlm = self.settings.vlm_name if self.settings.scorer_factory else f"off ({self.settings.no_rerank_reason})"
+        vlm = (
+            self.settings.vlm_name
+            if self.settings.scorer_factory
+            else f"off ({self.settings.no_rerank_reason})"
+        )
         return f"index {self._search.obj.index.directory}, reranker {vlm}"
 
     def close(self) -> None:
@@ -167,7 +173,9 @@ class ServedIndex:
             image = read_indexed_file(row)
         options = None
         if request.rerank:
-            options = RerankOptions(k=request.rerank_k, enhance=GATED if request.enhance == "gated" else request.enhance)
+            options = RerankOptions(
+                k=request.rerank_k, enhance=GATED if request.enhance == "gated" else request.enhance
+            )
             if retriever.scorer is None:
                 self.busy = {"what": "loading the VLM", "since": time.time()}
                 retriever.scorer = self._scorer = self.settings.scorer_factory()
@@ -269,9 +277,13 @@ class ServedIndex:
     def _status_sync(self, index: Index) -> dict:
         stats = index.stats()
         errors = list(index.errors())
+        counts = stats["items"]
+        items = {"total": counts["vectors"]}
+        for modality in ("image", "text", "image+text"):
+            items[modality] = counts.get(f"{modality}:ok", 0)
         return {
             "index": stats["path"],
-            "items": stats["items"],
+            "items": items,
             "seq": stats["seq"],
             "errors": {"count": len(errors), "first": [{"path": p, "reason": r} for p, r in errors[:20]]},
             "models": {

@@ -69,7 +69,9 @@ def bind_policy(host: str, token: str | None, generate: bool = True) -> BindPoli
     """The token a bind needs: a non-loopback ``host`` without one gets a generated token,
     or (``generate=False``) is refused."""
     if token is not None and len(token) < 16:
-        raise BadInput("the token is too short (under 16 characters)", hint="omit --token to get a generated one")
+        raise BadInput(
+            "the token is too short (under 16 characters)", hint="omit --token to get a generated one"
+        )
     if token is not None or is_loopback(host):
         return BindPolicy(host, token)
     if not generate:

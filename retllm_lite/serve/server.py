@@ -22,7 +22,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
-        raise BadInput(f"cannot listen on {host}:{port} ({exc.strerror})", hint="pick another --port") from None
+        raise BadInput(
+            f"cannot listen on {host}:{port} ({exc.strerror})", hint="pick another --port"
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock

@@ -1,5 +1,5 @@
 // retllm serve: the page. Everything goes through the JSON API under /api/; every string
-// from the index is put into the page with textContent (never innerHTML).
+// from the index is put into the page as text (textContent), never parsed as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -44,9 +44,7 @@ async function loadStatus() {
   try {
     const s = await api("/api/status");
     const parts = [];
-    const items = s.items || {};
-    const ok = Object.entries(items).filter(([k]) => k !== "error").reduce((n, [, v]) => n + v, 0);
-    parts.push(el("span", { class: "items", text: `${ok} items` }));
+    parts.push(el("span", { class: "items", text: `${s.items.total} items` }));
     parts.push(document.createTextNode(" · "));
     parts.push(el("span", { class: s.errors.count ? "errors warn" : "errors", text: `${s.errors.count} could not be indexed` }));
     if (s.errors.count) parts[parts.length - 1].title = s.errors.first.map((e) => `${e.path}: ${e.reason}`).join("\n");
