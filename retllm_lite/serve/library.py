@@ -168,7 +168,7 @@ class ServedIndex:
         image = request.image
         if request.like is not None:
             row = index.catalog.get(request.like)
-            if row is None:
+            if row is None or row.status != "ok":
                 raise NotServable(404, f"no item {request.like} in the index")
             image = read_indexed_file(row)
         options = None
@@ -252,7 +252,7 @@ class ServedIndex:
 
     @staticmethod
     def _row(index: Index, item_id: int) -> ItemRow:
-        row = index.catalog.get(item_id)
+        row = index.catalog.get(item_id) if 0 < item_id < 2**63 else None  # SQLite's INTEGER range
         if row is None or row.status != "ok":
             raise NotServable(404, f"no item {item_id} in the index")
         return row
