@@ -72,7 +72,7 @@ def serve_cmd(
     """Search and browse the index in a web browser (a local app; JSON API under /api/)."""
     require("uvicorn", "serve", "retllm serve")
     require("starlette", "serve", "retllm serve")
-    require("multipart", "serve", "retllm serve")
+    require("python_multipart", "serve", "retllm serve")
     from ..serve import ServedIndex, ServeSettings, bind_policy, bind_socket, create_app, run, url_for
 
     policy = bind_policy(host, token)

@@ -58,10 +58,7 @@ class Index:
         directory = directory.absolute()
         if not writable:
             if not (directory / CATALOG_NAME).exists():
-                raise IndexNotFound(
-                    f"no index at {directory}",
-                    hint="build one with 'retllm index FOLDER' (and the same --index)",
-                )
+                raise IndexNotFound(f"no index at {directory}", hint=_create_hint(directory))
             return cls(directory, Catalog.open(directory, readonly=True), None, ann_threshold)
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -271,6 +268,12 @@ class Index:
         if info is None:
             return "none"
         return update_snapshot(self.catalog, self.directory, info.dim, self.ann_threshold, progress)
+
+
+def _create_hint(directory: Path) -> str:
+    """How to make the index that is missing: the command to run, with --index when it is not the default."""
+    where = "" if directory == default_index_dir().expanduser().absolute() else f" --index {directory}"
+    return f"create it by indexing a folder of photos: retllm index ~/Pictures{where}"
 
 
 def _shown(row: ItemRow) -> str:
