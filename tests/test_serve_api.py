@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from urllib.parse import quote
 
 import pytest
@@ -14,6 +16,7 @@ from PIL import Image
 from html_check import validate
 from retllm_lite.cli import cli
 from serve_fixtures import ALBUMS, PER_ALBUM
+from torch_free import HEAVY
 
 HIT_FIELDS = (
     "rank",
@@ -202,3 +205,29 @@ def test_the_page_and_its_assets(served):
         assert b"http://" not in body and b"https://" not in body
     status, _h, js = served.request("GET", "/static/app.js")
     assert b"innerHTML" not in js and b"eval(" not in js and b"insertAdjacentHTML" not in js
+
+
+def test_serving_never_imports_torch(serve_corpus):
+    """The web app is on the search path: no torch, torchvision, open_clip or transformers."""
+    _photos, index_dir = serve_corpus
+    code = f"""
+import asyncio, sys
+from retllm_lite.serve import SearchRequest, ServedIndex, ServeSettings, bind_policy, create_app
+from retllm_lite.serve.files import ThumbnailCache
+import tempfile
+served = ServedIndex(ServeSettings(index_path={str(index_dir)!r}, thumbnails=ThumbnailCache(
+    __import__("pathlib").Path(tempfile.mkdtemp()))))
+create_app(served, bind_policy("127.0.0.1", None))
+async def main():
+    hits = (await served.search(SearchRequest(text="a dog", k=3)))["hits"]
+    await served.item(hits[0]["id"])
+    await served.thumbnail(hits[0]["id"], 256)
+    await served.search(SearchRequest(like=hits[0]["id"], k=3, after="2019", folder="/"))
+    await served.status()
+asyncio.run(main())
+served.close()
+bad = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
+assert not bad, bad
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -54,7 +54,7 @@ def wait_results(b: Browser, previous: str | None = None):
 
 
 def test_the_web_app_in_chromium(app_url, tmp_path):
-    url, _served = app_url
+    url, served = app_url
     b = Browser(chromium_or_skip())
     try:
         b.goto(url)
@@ -93,6 +93,17 @@ def test_the_web_app_in_chromium(app_url, tmp_path):
         summary = wait_results(b, summary)
         assert "like " in summary and "CLIP ranking" in summary
         assert b.js("document.querySelector('#results li.hit').dataset.id") == third
+
+        # an image query from a file (as dropped or chosen): uploaded, found first, never stored
+        upload = served.photos / "garden" / "p2.jpg"
+        doc = b.call("DOM.getDocument", session=True)["root"]["nodeId"]
+        node = b.call("DOM.querySelector", {"nodeId": doc, "selector": "#file"}, session=True)["nodeId"]
+        b.call("DOM.setFileInputFiles", {"files": [str(upload)], "nodeId": node}, session=True)
+        b.wait_for("!document.getElementById('query-image').hidden")
+        b.click("#go")
+        summary = wait_results(b, summary)
+        assert "the dropped image" in summary
+        assert b.js("document.querySelector('#results li.hit .thumb').title") == str(upload)
 
         # rerank with the tiny VLM: progress shown meanwhile, P(True)/entropy/enhanced on the top 5
         b.click("#clear-image")
