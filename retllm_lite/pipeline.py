@@ -179,7 +179,8 @@ class Retriever:
             try:
                 image_vec = self.encoder.embed_images([image])[0]
             except ImageLoadError as exc:
-                raise BadInput(f"{image}: {exc}", hint="pass a readable image file") from None
+                shown = image if isinstance(image, (str, os.PathLike)) else "the query image"
+                raise BadInput(f"{shown}: {exc}", hint="pass a readable image file") from None
         return compose_query(text_vec, image_vec, image_weight)
 
     def search(

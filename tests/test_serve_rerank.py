@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -66,3 +67,40 @@ def test_rerank_switch_matches_retllm_search_rerank(reranking, enhance):
     assert all(h["p_true"] is None and h["moved"] is None for h in tail)
     assert sorted(h["coarse_rank"] for h in head) == [1, 2, 3, 4]
     assert s.get_json("/api/status")["models"]["vlm"]["loaded"] is True
+
+
+def test_rerank_an_image_query_more_like_this_and_upload(reranking):
+    s, vlm_dir = reranking
+    first = s.get_json("/api/search?q=x&k=1")["hits"][0]
+    api = s.get_json(f"/api/search?like={first['id']}&k=4&rerank=1&rerank_k=3&enhance=off")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "search",
+            "--image",
+            first["path"],
+            "-k",
+            "4",
+            "--rerank",
+            "--rerank-k",
+            "3",
+            "--enhance",
+            "off",
+            "--vlm-model",
+            str(vlm_dir),
+            "--index",
+            str(s.index_dir),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    want = json.loads(res.stdout)
+    assert [h["id"] for h in api["hits"]] == [h["id"] for h in want]
+    assert [h["p_true"] for h in api["hits"][:3]] == pytest.approx([h["p_true"] for h in want[:3]], abs=1e-4)
+    assert api["hits"][3]["p_true"] is None and want[3]["p_true"] is None
+    data = Path(first["path"]).read_bytes()
+    _status, up = s.post_image(
+        "/api/search", {"k": "4", "rerank": "1", "rerank_k": "3", "enhance": "off"}, data
+    )
+    assert up["reranked"] and all(h["p_true"] is not None for h in up["hits"][:3])
+    assert first["id"] in {h["id"] for h in up["hits"][:3]}  # it found itself, then was reranked

@@ -167,10 +167,13 @@ class ServedIndex:
         index.refresh()
         image = request.image
         if request.like is not None:
-            row = index.catalog.get(request.like)
+            row = index.catalog.get(request.like) if 0 < request.like < 2**63 else None
             if row is None or row.status != "ok":
                 raise NotServable(404, f"no item {request.like} in the index")
-            image = read_indexed_file(row)
+            read_indexed_file(row)  # still the file that was indexed (else 409/410)
+            image = os.fsdecode(row.path)  # as 'retllm search --image PATH' (and the reranker) read it
+        elif image is not None and request.rerank:
+            image = _decoded(image)  # the reranker takes a path or a PIL image, not bytes
         options = None
         if request.rerank:
             options = RerankOptions(
@@ -298,6 +301,16 @@ class ServedIndex:
             "defaults": {"k": self.settings.default_k, "rerank": self.settings.rerank_default},
             "max_upload_bytes": self.settings.max_upload_bytes,
         }
+
+
+def _decoded(data: bytes):
+    """An uploaded image decoded once, upright, through indexing's guard (bombs are refused)."""
+    from ..encode.preprocess import ImageLoadError, load_image
+
+    try:
+        return load_image(data).image
+    except ImageLoadError as exc:
+        raise BadInput(f"the uploaded image: {exc}", hint="send a readable image file") from None
 
 
 def _exif_of(row: ItemRow) -> dict | None:
