@@ -48,6 +48,7 @@ def refused_forms(root) -> dict[str, str]:
         "backslashes": "/static/..\\..\\etc\\passwd",
         "NUL byte": "/static/app.js%00.png",
         "NUL in an item id": "/api/items/1%00",
+        "CR/LF (header injection)": "/static/app.js%0d%0aSet-Cookie:%20x=y?token=x",
         "overlong name": "/static/" + "a" * 5000,
         "symlink pointing out": "/static/../photos/beach/link-out.jpg",
         "symlink by path": "/api/items/" + link,

@@ -7,9 +7,10 @@
 - On a loopback bind the Host header must name the loopback address (DNS rebinding: a
   web page cannot point a name it controls at 127.0.0.1 and read the API), and a request
   from another origin (an ``Origin`` header that is not this server) is refused.
-- A request path that is not plain (``..`` segments, a NUL, a backslash, still-encoded
-  ``%`` after decoding, over ``MAX_PATH_CHARS``) is refused before routing. Files are only
-  ever looked up by item id (``routes.py``); this is a second fence, not the first.
+- A request path that is not plain (``..`` segments, a NUL or other control character, a
+  backslash, still-encoded ``%`` after decoding, over ``MAX_PATH_CHARS``) is refused before
+  routing. Files are only ever looked up by item id (``routes.py``); this is a second
+  fence, not the first.
 - Every response carries a strict Content-Security-Policy (scripts and styles only from
   this server, no inline script), ``nosniff`` and no-referrer headers.
 """
@@ -86,7 +87,9 @@ def path_is_plain(path: str) -> bool:
     """True for a decoded request path with nothing that could walk a file tree."""
     if len(path) > MAX_PATH_CHARS or not path.startswith("/"):
         return False
-    if "\x00" in path or "\\" in path or "%" in path:  # '%' left after decoding: double-encoded
+    if "\\" in path or "%" in path:  # '%' left after decoding: double-encoded
+        return False
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):  # NUL, CR/LF (header injection), ...
         return False
     return not any(seg in ("..", ".") for seg in path.split("/"))
 
