@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -179,7 +179,8 @@ class Retriever:
             try:
                 image_vec = self.encoder.embed_images([image])[0]
             except ImageLoadError as exc:
-                raise BadInput(f"{image}: {exc}", hint="pass a readable image file") from None
+                shown = image if isinstance(image, (str, os.PathLike)) else "the query image"
+                raise BadInput(f"{shown}: {exc}", hint="pass a readable image file") from None
         return compose_query(text_vec, image_vec, image_weight)
 
     def search(
@@ -193,8 +194,12 @@ class Retriever:
         exclude: Sequence[str] = (),
         modality: str | None = None,
         rerank: RerankOptions | None = None,
+        where: Callable[[ItemRow], bool] | None = None,
     ) -> list[SearchHit]:
         """The k best items for the query, best first.
+
+        ``where`` keeps only catalog rows it returns True for (on top of the globs and
+        ``modality``): ``retllm serve``'s date and folder filters.
 
         With ``rerank``, the coarse top ``rerank.k`` are rescored by the scorer and reordered
         (the RetLLM two-stage pipeline); coarse results beyond them follow in CLIP order, up
@@ -208,15 +213,15 @@ class Retriever:
         if rerank is not None:
             k = max(k, rerank.k)
         query = self.embed_query(text, image, image_weight)
-        pf = path_filter(include, exclude)
-        where = pf
+        tests = [t for t in (path_filter(include, exclude), where) if t is not None]
         if modality is not None:
+            tests.insert(0, lambda row: row.modality == modality)
 
-            def where(row: ItemRow) -> bool:
-                return row.modality == modality and (pf is None or pf(row))
+        def keep(row: ItemRow) -> bool:
+            return all(t(row) for t in tests)
 
         hits = []
-        for row, score in self.index.search(query, k, where):
+        for row, score in self.index.search(query, k, keep if tests else None):
             if threshold is not None and score < threshold:
                 break
             hits.append(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["clip_fixtures", "hf_fixtures", "vlm_fixtures"]
+pytest_plugins = ["clip_fixtures", "hf_fixtures", "vlm_fixtures", "serve_fixtures"]
 
 
 def pytest_report_header(config) -> list[str]:

@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (register commands)
     prepare_cmd,
     quantize_cmd,
     search_cmd,
+    serve_cmd,
 )
 from .app import cli
 

@@ -28,8 +28,19 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="retllm")
-def cli() -> None:
-    """retllm: search your photos and captions offline (CLIP + a local VLM reranker)."""
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """retllm: search your photos and captions offline (CLIP + a local VLM reranker).
+
+    Defaults for --index, --clip-model, --vlm-model, -k and --rerank can live in
+    $XDG_CONFIG_HOME/retllm-lite/config.toml. Shell completion (bash):
+    eval "$(_RETLLM_COMPLETE=bash_source retllm)"
+    """
+    from ..config import default_map, load_config
+
+    settings = load_config()
+    if settings:
+        ctx.default_map = default_map(cli.commands, settings)
 
 
 class IndexSpec(click.ParamType):

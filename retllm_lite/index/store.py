@@ -42,6 +42,7 @@ class Index:
         self.lock = lock
         self.ann_threshold = ann_threshold
         self._search = None
+        self._search_seq = -1
 
     # ---- lifecycle -----------------------------------------------------------------
     @classmethod
@@ -57,10 +58,7 @@ class Index:
         directory = directory.absolute()
         if not writable:
             if not (directory / CATALOG_NAME).exists():
-                raise IndexNotFound(
-                    f"no index at {directory}",
-                    hint="build one with 'retllm index FOLDER' (and the same --index)",
-                )
+                raise IndexNotFound(f"no index at {directory}", hint=_create_hint(directory))
             return cls(directory, Catalog.open(directory, readonly=True), None, ann_threshold)
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -184,8 +182,29 @@ class Index:
         if self._search is None:
             info = self.encoder_info()
             dim = info.dim if info else 0
+            # read before the vectors: a change committed in between makes refresh() reload
+            self._search_seq = self.catalog.seq
             self._search = open_search(self.catalog, self.directory, dim, self.ann_threshold)
         return self._search
+
+    def refresh(self) -> bool:
+        """Drop the loaded vectors if the catalog changed since they were loaded (a writer ran).
+
+        A long-lived reader (``retllm serve``) calls this before a search to see what an
+        indexer committed meanwhile; it never takes the writer lock. Returns True if the
+        next search reloads.
+        """
+        if self._search is None:
+            return False
+        if self.catalog.seq == self._search_seq:
+            return False
+        self._search = None
+        return True
+
+    def loaded_state(self) -> tuple[int, int]:
+        """(change sequence, live vectors) of what searches currently run on (loads it if needed)."""
+        searcher = self._searcher()
+        return self._search_seq, len(searcher)
 
     @property
     def search_kind(self) -> str:
@@ -254,6 +273,12 @@ class Index:
         if info is None:
             return "none"
         return update_snapshot(self.catalog, self.directory, info.dim, self.ann_threshold, progress)
+
+
+def _create_hint(directory: Path) -> str:
+    """How to make the index that is missing: the command to run, with --index when it is not the default."""
+    where = "" if directory == default_index_dir().expanduser().absolute() else f" --index {directory}"
+    return f"create it by indexing a folder of photos: retllm index ~/Pictures{where}"
 
 
 def _shown(row: ItemRow) -> str:
