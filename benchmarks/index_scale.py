@@ -146,11 +146,15 @@ def child_search(folder: Path, model: Path, n: int, latency_queries: int, recall
     enc = load_encoder(model)
     texts = [f"a photo of object number {i} on a table" for i in range(latency_queries)]
     idx.search(enc.embed_texts(texts[:1])[0], 10)  # warm-up
-    total_ms = []
+    total_ms, encode_ms = [], []
     for text in texts:
         t0 = time.perf_counter()
-        idx.search(enc.embed_texts([text])[0], 10)
+        q = enc.embed_texts([text])[0]
+        t1 = time.perf_counter()
+        idx.search(q, 10)
         total_ms.append((time.perf_counter() - t0) * 1000)
+        encode_ms.append((t1 - t0) * 1000)
+    search_ms = [t - e for t, e in zip(total_ms, encode_ms, strict=True)]
     after_queries = rss_mib()
 
     # recall@10 of Index.search against exact search over the catalog, in chunks
@@ -161,14 +165,15 @@ def child_search(folder: Path, model: Path, n: int, latency_queries: int, recall
     best_s = np.full((len(queries), 10), -np.inf, np.float32)
     best_l = np.zeros((len(queries), 10), np.int64)
     t0 = time.perf_counter()
-    for labels, vecs in idx.catalog.iter_vectors(DIM, chunk=8192):
-        for b in range(0, len(queries), 2500):
-            s = queries[b : b + 2500] @ vecs.T
-            cand_s = np.concatenate([best_s[b : b + 2500], s], axis=1)
-            cand_l = np.concatenate([best_l[b : b + 2500], np.broadcast_to(labels, s.shape)], axis=1)
-            top = np.argpartition(-cand_s, 9, axis=1)[:, :10]
-            best_s[b : b + 2500] = np.take_along_axis(cand_s, top, 1)
-            best_l[b : b + 2500] = np.take_along_axis(cand_l, top, 1)
+    for labels, vecs in idx.catalog.iter_vectors(DIM, chunk=32768):
+        for b in range(0, len(queries), 2000):
+            s = queries[b : b + 2000] @ vecs.T  # [2000, 32768]: 256 MB
+            top = np.argpartition(-s, 9, axis=1)[:, :10]  # this chunk's 10 best, then merge
+            cand_s = np.concatenate([best_s[b : b + 2000], np.take_along_axis(s, top, 1)], axis=1)
+            cand_l = np.concatenate([best_l[b : b + 2000], labels[top]], axis=1)
+            keep = np.argpartition(-cand_s, 9, axis=1)[:, :10]
+            best_s[b : b + 2000] = np.take_along_axis(cand_s, keep, 1)
+            best_l[b : b + 2000] = np.take_along_axis(cand_l, keep, 1)
     exact_s = time.perf_counter() - t0
     hits = sum(len(np.intersect1d(g, e)) for g, e in zip(got, best_l, strict=True))
     meta = idx.catalog.meta()
@@ -187,6 +192,9 @@ def child_search(folder: Path, model: Path, n: int, latency_queries: int, recall
             "peak": after_queries["VmHWM"],
         },
         "text_query_ms": {"p50": pct(total_ms, 50), "p95": pct(total_ms, 95), "queries": len(texts)},
+        "of_which_encode_ms": {"p50": pct(encode_ms, 50), "p95": pct(encode_ms, 95)},
+        "of_which_search_ms": {"p50": pct(search_ms, 50), "p95": pct(search_ms, 95)},
+        "load_average": os.getloadavg(),
         "recall_at_10": round(hits / (10 * len(queries)), 4),
         "recall_queries": len(queries),
         "search_only_ms_mean": round(ann_ms, 3),
@@ -311,6 +319,35 @@ def measure_churn(folder: Path, model: Path, photos: Path) -> dict:
     return json.loads(proc.stdout)
 
 
+def precision_study(folder: Path, n: int, n_queries: int = 1000) -> dict:
+    """recall@10 of exact search over float16 / int8 copies of the catalog's vectors, against float32.
+
+    What storing the catalog's vectors at lower precision would cost in ranking; the bytes
+    are the vector blob's (SQLite adds its page layout on top, see bytes_per_item).
+    """
+    from retllm_lite.index.store import Index
+
+    queries = clustered_chunk(n, 10**9, n_queries, seed=1)
+    with Index.open(folder) as idx:
+        labels, vecs = idx.catalog.load_vectors(DIM)
+    truth = np.argpartition(-(queries @ vecs.T), 9, axis=1)[:, :10]
+    f16 = vecs.astype(np.float16).astype(np.float32)
+    scale = np.abs(vecs).max(axis=1, keepdims=True) / 127.0
+    i8 = np.round(vecs / scale).astype(np.int8).astype(np.float32) * scale
+    out = {"vectors": len(labels), "queries": n_queries}
+    for name, approx, nbytes in (("float16", f16, 2 * DIM), ("int8", i8, DIM + 4)):
+        got = np.argpartition(-(queries @ approx.T), 9, axis=1)[:, :10]
+        hits = sum(len(np.intersect1d(g, t)) for g, t in zip(got, truth, strict=True))
+        cos = np.sum(approx * vecs, axis=1) / np.linalg.norm(approx, axis=1)
+        out[name] = {
+            "recall_at_10": round(hits / (10 * n_queries), 4),
+            "vector_bytes": nbytes,
+            "min_cosine_to_float32": round(float(cos.min()), 6),
+        }
+    out["float32"] = {"recall_at_10": 1.0, "vector_bytes": 4 * DIM}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -319,6 +356,7 @@ def main() -> None:
     ap.add_argument("--latency-queries", type=int, default=200)
     ap.add_argument("--recall-queries", type=int, default=10_000)
     ap.add_argument("--add", type=int, default=1000, help="photos added and deleted (0: skip)")
+    ap.add_argument("--precision-study", action="store_true", help="float16/int8 recall on the cached sizes")
     ap.add_argument("--child-search", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--child-churn", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--photos", type=Path, help=argparse.SUPPRESS)
@@ -327,6 +365,11 @@ def main() -> None:
     if args.child_search:
         r = child_search(args.child_search, model, args.sizes[0], args.latency_queries, args.recall_queries)
         print(json.dumps(r))
+        return
+    if args.precision_study:
+        for n in args.sizes:
+            folder = BENCH_DIR / f"index-scale-{LAYOUT}-{n}"
+            print(json.dumps({str(n): precision_study(folder, n)}))
         return
     if args.child_churn:
         print(json.dumps(child_churn(args.child_churn, model, args.photos)))

@@ -29,6 +29,10 @@ from ..errors import IndexCorrupt, IndexNotFound, IndexWriteError
 
 SCHEMA_VERSION = 1
 CATALOG_NAME = "catalog.sqlite3"
+# New catalogs use 16 KiB pages. A 512-d float32 vector is a 2 KiB row, and a 4 KiB page
+# (SQLite's default) holds only one of them: 4.1 KB on disk per vector, against 2.3 KB with
+# 16 KiB pages (measured, docs/scale.md). Catalogs made before keep their page size.
+PAGE_SIZE = 16384
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -141,6 +145,9 @@ class Catalog:
                 if not create and not path.exists():
                     raise IndexCorrupt(f"{path}: catalog missing")
                 db = sqlite3.connect(path, timeout=30, isolation_level=None)
+                if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+                    # a new catalog: only possible before the first table and before WAL
+                    db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
