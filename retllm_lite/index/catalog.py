@@ -29,6 +29,10 @@ from ..errors import IndexCorrupt, IndexNotFound, IndexWriteError
 
 SCHEMA_VERSION = 1
 CATALOG_NAME = "catalog.sqlite3"
+# New catalogs use 16 KiB pages. A 512-d float32 vector is a 2 KiB row, and a 4 KiB page
+# (SQLite's default) holds only one of them: 4.1 KB on disk per vector, against 2.3 KB with
+# 16 KiB pages (measured, docs/scale.md). Catalogs made before keep their page size.
+PAGE_SIZE = 16384
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -141,6 +145,9 @@ class Catalog:
                 if not create and not path.exists():
                     raise IndexCorrupt(f"{path}: catalog missing")
                 db = sqlite3.connect(path, timeout=30, isolation_level=None)
+                if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+                    # a new catalog: only possible before the first table and before WAL
+                    db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -314,7 +321,35 @@ class Catalog:
         return out
 
     def vector_count(self) -> int:
+        """Rows of the vectors table (reads every page of it: slow at 1M, use ``searchable_count``)."""
         return self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+
+    def searchable_count(self) -> int:
+        """Items with a stored vector, counted on the ``vec_seq`` index (the vectors table is not read).
+
+        ``vec_seq`` is set exactly when a vector row is written and cleared when it is dropped,
+        so this equals ``vector_count()``; at 1M vectors it takes milliseconds, not seconds.
+        """
+        return self.db.execute("SELECT COUNT(*) FROM items WHERE vec_seq IS NOT NULL").fetchone()[0]
+
+    def iter_vectors(self, dim: int, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All vectors as (labels, float32 vectors) chunks in id order, ``chunk`` rows at a time.
+
+        Memory stays at one chunk (a full load of 1M x 512 would hold 2 GB twice over).
+        """
+        last = -1
+        while True:
+            rows = self.db.execute(
+                "SELECT id, vec FROM vectors WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)
+            ).fetchall()
+            if not rows:
+                return
+            labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            if vecs.shape[1] != dim:
+                raise IndexCorrupt(f"{self.path}: stored vectors have {vecs.shape[1]} dims, expected {dim}")
+            yield labels, vecs
+            last = int(labels[-1])
 
     def load_vectors(self, dim: int, since_seq: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(labels int64 [n], vectors float32 [n, dim]) of all vectors, or those written after a seq."""

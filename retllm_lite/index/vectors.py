@@ -7,12 +7,23 @@ catalog, named in the catalog's meta with the change sequence it covers. A reade
 loads the snapshot and applies what the catalog changed since (new vectors, tombstones),
 in memory, so a search is never wrong because a snapshot is a little behind.
 Snapshots are written to a temporary file, fsynced and renamed: never half-written.
+
+At a million vectors (measured in docs/scale.md) the snapshot is the only in-memory copy
+of the vectors: a reader loads it once, with room for the catch-up, and never reads the
+catalog's vectors table except for what changed since. A writer grows the previous
+snapshot (``resize_index`` + ``add_items``, ``mark_deleted``) and writes it under the new
+sequence; only a missing or unreadable snapshot, or one with more than
+``REBUILD_DELETED_FRACTION`` of its elements deleted, is rebuilt, streaming the catalog's
+vectors in chunks. The meta records the lineage: ``ann_build_seq`` (the sequence of the
+last full build), ``ann_updates`` (in-place growths since) and ``ann_elements`` (elements in
+the file, deleted ones included).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -75,16 +86,27 @@ def _new_hnsw(dim: int, capacity: int):
     return idx
 
 
+def _saved_count(path: Path) -> int:
+    """Elements in an hnswlib file, from its header (offsetLevel0, max_elements, count: size_t)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return 0
+    return struct.unpack("<3Q", head)[2] if len(head) == 24 else 0
+
+
 def _load_hnsw(path: Path, dim: int, extra: int):
     import hnswlib
 
     idx = hnswlib.Index(space="ip", dim=dim)
     try:
-        idx.load_index(str(path))
+        # room for what came since, allocated once: a resize after loading would copy
+        # the whole graph (2.2 GB at 1M vectors) and briefly hold it twice
+        idx.load_index(str(path), max_elements=_saved_count(path) + extra)
     except Exception as exc:
         raise IndexCorrupt(f"{path}: cannot read the ANN snapshot ({exc})") from None
-    # load_index sets capacity to the saved count: make room for what came since
-    if extra:
+    if idx.get_max_elements() < idx.get_current_count() + extra:
         idx.resize_index(idx.get_current_count() + extra)
     return idx
 
@@ -109,7 +131,7 @@ def open_search(catalog: Catalog, directory: Path, dim: int, ann_threshold: int 
     for _attempt in range(3):
         with catalog.read_snapshot():
             meta = catalog.meta()
-            count = catalog.vector_count()
+            count = catalog.searchable_count()
             ann_file = meta.get("ann_file")
             path = directory / ann_file if ann_file else None
             if count >= ann_threshold and path is not None and path.exists():
@@ -139,11 +161,14 @@ def update_snapshot(
     meta = catalog.meta()
     old_file = meta.get("ann_file")
     old_path = directory / old_file if old_file else None
-    count = catalog.vector_count()
+    count = catalog.searchable_count()
     if count < ann_threshold:
         if old_path is not None:
             with catalog.transaction(bump=False):
-                catalog.db.execute("DELETE FROM meta WHERE key IN ('ann_file', 'ann_seq', 'ann_deleted')")
+                catalog.db.execute(
+                    "DELETE FROM meta WHERE key IN "
+                    "('ann_file', 'ann_seq', 'ann_deleted', 'ann_build_seq', 'ann_updates', 'ann_elements')"
+                )
             with contextlib.suppress(OSError):
                 old_path.unlink()
         return "none"
@@ -166,13 +191,15 @@ def update_snapshot(
         except IndexCorrupt:
             idx = None
     if idx is None:
-        labels, vecs = catalog.load_vectors(dim)
-        idx = _new_hnsw(dim, len(labels))
-        chunk = 4096
-        for i in range(0, len(labels), chunk):
-            idx.add_items(vecs[i : i + chunk], labels[i : i + chunk], num_threads=-1)
+        idx = _new_hnsw(dim, count)
+        done = 0
+        for labels, vecs in catalog.iter_vectors(dim):
+            if idx.get_current_count() + len(labels) > idx.get_max_elements():
+                idx.resize_index(idx.get_current_count() + len(labels))
+            idx.add_items(vecs, labels, num_threads=-1)
+            done += len(labels)
             if progress:
-                progress(min(i + chunk, len(labels)), len(labels))
+                progress(done, max(count, done))
         deleted = 0
     new_name = f"ann-{seq}.hnsw"
     tmp = directory / f".{new_name}.tmp{os.getpid()}"
@@ -192,6 +219,12 @@ def update_snapshot(
         catalog.set_meta("ann_file", new_name)
         catalog.set_meta("ann_seq", str(seq))
         catalog.set_meta("ann_deleted", str(deleted))
+        catalog.set_meta("ann_elements", str(idx.get_current_count()))
+        if action == "built":
+            catalog.set_meta("ann_build_seq", str(seq))
+            catalog.set_meta("ann_updates", "0")
+        else:
+            catalog.set_meta("ann_updates", str(int(meta.get("ann_updates", 0)) + 1))
         catalog.prune_removed(seq)
     if old_path is not None and old_path.name != new_name:
         with contextlib.suppress(OSError):
