@@ -112,9 +112,12 @@ def test_adding_grows_the_snapshot_in_place_and_reopening_does_not_rebuild(tmp_p
         idx.catalog.db.set_trace_callback(sql.append)
         assert idx.search_kind == "hnsw"
         idx.catalog.db.set_trace_callback(None)
-        vector_reads = [s for s in sql if "FROM vectors" in s]
+        vector_reads = [s for s in sql if "JOIN vectors" in s or "FROM vectors" in s]
         assert vector_reads and all("vec_seq > " in s for s in vector_reads), vector_reads
         assert not any("COUNT(*) FROM vectors" in s for s in sql)
+        for s in vector_reads:  # found through the vec_seq index, never a scan of all vectors
+            plan = " ".join(str(r) for r in idx.catalog.db.execute("EXPLAIN QUERY PLAN " + s))
+            assert "SCAN vectors" not in plan and "items_vec_seq" in plan, plan
         assert len(idx._searcher()) == 3350
         # every live item is found by its own vector; deleted ones are never returned
         live = {r.id: r for r in idx.catalog.all_items()}
