@@ -284,6 +284,7 @@ def qwen2vl_hf_reference(tiny_qwen2vl_hf, qwen2vl_f32_scorer):
     import torch
     from transformers import AutoImageProcessor, Qwen2VLForConditionalGeneration
 
+    from hf_vlm import prompt_ids
     from llama_numerics import emulate_llama_cpp_qwen2vl, mtmd_letterbox
 
     model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2vl_hf, dtype=torch.float32).eval()
@@ -296,14 +297,7 @@ def qwen2vl_hf_reference(tiny_qwen2vl_hf, qwen2vl_f32_scorer):
     image_token = model.config.image_token_id
 
     def probs(segments, images, numerics: str = "torch", preprocess: str = "mtmd", positions: str = "mrope"):
-        ids: list[int] = []
-        counts: list[int] = []
-        for seg in segments:
-            if seg.kind == "text":
-                ids += seg.tokens
-            else:
-                ids += [image_token] * seg.n_tokens
-                counts.append(seg.n_tokens)
+        ids, counts = prompt_ids(segments, image_token)
         assert len(counts) == len(images)
         own = processor(images=images, return_tensors="pt")
         grid = own["image_grid_thw"]

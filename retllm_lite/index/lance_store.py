@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from ..encode.base import EncoderInfo
-from ..errors import EncoderMismatch, IndexNotFound, IndexWriteError, require
+from ..errors import IndexNotFound, IndexWriteError, require
 from ..transparency import PIXELS_VERSION
 from .catalog import ItemRow
+from .encoder_record import encoder_dict, encoder_from_meta, encoder_meta, require_same_encoder
 from .lock import WriterLock
 
 SCHEMA_VERSION = "1"
@@ -43,7 +44,6 @@ NPROBES = 20
 EF = 64
 REFINE_FACTOR = 5
 
-_ENCODER_KEYS = ("name", "manifest_sha256", "variant", "dim", "location")
 # the columns a search returns (never the vector: it stays in the store)
 ROW_COLUMNS = [
     "id",
@@ -276,37 +276,16 @@ class LanceIndex:
         self._meta = None
 
     def encoder_info(self) -> EncoderInfo | None:
-        meta = self.meta()
-        if "encoder.manifest_sha256" not in meta:
-            return None
-        return EncoderInfo(
-            name=meta["encoder.name"],
-            manifest_sha256=meta["encoder.manifest_sha256"],
-            variant=meta["encoder.variant"],
-            dim=int(meta["encoder.dim"]),
-            location=meta["encoder.location"],
-        )
+        return encoder_from_meta(self.meta())
 
     def check_encoder(self, info: EncoderInfo) -> None:
-        built = self.encoder_info()
-        if built is None or built.key == info.key:
-            return
-        if built.dim != info.dim:
-            what = f"{info.dim}-dim vectors; the index holds {built.dim}-dim ones"
-        else:
-            what = "different weights (manifest sha256 or variant differ)"
-        raise EncoderMismatch(
-            f"{self.location}: built with {built.name} {built.variant} "
-            f"(manifest {built.manifest_sha256[:12]}…), but {info.name} {info.variant} "
-            f"(manifest {info.manifest_sha256[:12]}…) has {what}",
-            hint=f"use --clip-model {built.location} (and --variant {built.variant}), "
-            "or another --index for the new model",
-        )
+        """Raise EncoderMismatch unless ``info`` is the encoder that built this index."""
+        require_same_encoder(self.location, self.encoder_info(), info)
 
     def set_encoder(self, info: EncoderInfo) -> None:
         self.check_encoder(info)
         if self.encoder_info() is None:
-            self._set_meta({f"encoder.{k}": str(getattr(info, k)) for k in _ENCODER_KEYS})
+            self._set_meta(encoder_meta(info))
         if self._items is None:
             self._items = self.db.create_table("items", schema=item_schema(info.dim), exist_ok=True)
         if self.meta().get("encoder.pixels") is None and self.count() == 0:
@@ -536,7 +515,7 @@ class LanceIndex:
             "backend": "lance",
             "items": counts,
             "bytes_on_disk": size,
-            "encoder": None if info is None else {k: getattr(info, k) for k in _ENCODER_KEYS},
+            "encoder": encoder_dict(info),
             "pixels": self.pixels_version(),
             "ann": "IVF_HNSW_SQ" if self.has_vector_index() else None,
             "seq": self._items.version if self._items is not None else 0,

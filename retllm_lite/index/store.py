@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ..encode.base import EncoderInfo
-from ..errors import BadInput, EncoderMismatch, IndexNotFound, IndexWriteError
+from ..errors import BadInput, IndexNotFound, IndexWriteError
 from ..paths import default_index_dir
 from ..transparency import PIXELS_VERSION
 from .catalog import CATALOG_NAME, Catalog, ItemRow
+from .encoder_record import encoder_dict, encoder_from_meta, encoder_meta, require_same_encoder
 from .lock import WriterLock
 from .vectors import ANN_THRESHOLD, open_search, remove_stale_files, update_snapshot
 
-_ENCODER_KEYS = ("name", "manifest_sha256", "variant", "dim", "location")
 # How image files were turned into pixels (transparency.PIXELS_VERSION). Absent: an index built
 # before transparency was composited, whose transparent images need re-embedding.
 PIXELS_KEY = "encoder.pixels"
@@ -104,39 +104,17 @@ class Index:
 
     # ---- encoder identity ----------------------------------------------------------
     def encoder_info(self) -> EncoderInfo | None:
-        meta = self.catalog.meta()
-        if "encoder.manifest_sha256" not in meta:
-            return None
-        return EncoderInfo(
-            name=meta["encoder.name"],
-            manifest_sha256=meta["encoder.manifest_sha256"],
-            variant=meta["encoder.variant"],
-            dim=int(meta["encoder.dim"]),
-            location=meta["encoder.location"],
-        )
+        return encoder_from_meta(self.catalog.meta())
 
     def check_encoder(self, info: EncoderInfo) -> None:
         """Raise EncoderMismatch unless ``info`` is the encoder that built this index."""
-        built = self.encoder_info()
-        if built is None or built.key == info.key:
-            return
-        if built.dim != info.dim:
-            what = f"{info.dim}-dim vectors; the index holds {built.dim}-dim ones"
-        else:
-            what = "different weights (manifest sha256 or variant differ)"
-        raise EncoderMismatch(
-            f"{self.directory}: built with {built.name} {built.variant} "
-            f"(manifest {built.manifest_sha256[:12]}…), but {info.name} {info.variant} "
-            f"(manifest {info.manifest_sha256[:12]}…) has {what}",
-            hint=f"use --clip-model {built.location} (and --variant {built.variant}), "
-            "or another --index for the new model",
-        )
+        require_same_encoder(str(self.directory), self.encoder_info(), info)
 
     def set_encoder(self, info: EncoderInfo) -> None:
         self.check_encoder(info)
         with self.catalog.transaction(bump=False):
-            for key in _ENCODER_KEYS:
-                self.catalog.set_meta(f"encoder.{key}", str(getattr(info, key)))
+            for key, value in encoder_meta(info).items():
+                self.catalog.set_meta(key, value)
 
     def pixels_version(self) -> str | None:
         """The way this index's image vectors were made (None: before it was recorded)."""
@@ -250,7 +228,7 @@ class Index:
             "path": str(self.directory),
             "items": counts,
             "bytes_on_disk": size,
-            "encoder": None if info is None else {k: getattr(info, k) for k in _ENCODER_KEYS},
+            "encoder": encoder_dict(info),
             "pixels": self.pixels_version(),
             "ann": self.catalog.get_meta("ann_file"),
             "seq": self.catalog.seq,

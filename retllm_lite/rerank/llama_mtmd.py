@@ -203,9 +203,13 @@ class LlamaMtmdScorer:
 
     @state_cache.setter
     def state_cache(self, cache: StateCache | None) -> None:
-        if cache is not None and self.rt.n_seq != 1:
-            raise BadInput("the KV-state cache restores one candidate per decode: use batch_size 1")
+        if cache is not None:
+            self._require_one_seq()
         self._decoder.states = cache
+
+    def _require_one_seq(self) -> None:
+        if self.rt.n_seq != 1:
+            raise BadInput("the KV-state cache restores one candidate per decode: use batch_size 1")
 
     def _open_disk_cache(self, spec: EmbeddingCache | str | Path | bool | None) -> EmbeddingCache | None:
         if spec is None or spec is False:
@@ -222,8 +226,7 @@ class LlamaMtmdScorer:
         """KV states of query-independent prompt heads (``state_cache``); one candidate per decode."""
         if spec is None or spec is False:
             return None
-        if self.rt.n_seq != 1:
-            raise BadInput("the KV-state cache restores one candidate per decode: use batch_size 1")
+        self._require_one_seq()  # before hashing the model files
         if isinstance(spec, StateCache):
             return spec
         model_sha = file_sha256(self.rt.model_path)
