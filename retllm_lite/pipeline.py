@@ -147,8 +147,12 @@ class Retriever:
         try:
             encoder = None
             if clip_model is not None:
+                from .models.store import resolve_clip_dir  # a registry name or a folder
+
                 built = index.encoder_info()
-                encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
+                encoder = load_encoder(
+                    resolve_clip_dir(clip_model), variant=variant or (built.variant if built else None)
+                )
             return cls(index, encoder, scorer)
         except BaseException:
             index.close()

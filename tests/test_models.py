@@ -298,7 +298,7 @@ def test_first_index_downloads_the_default_clip_and_search_uses_it(online, photo
     named = invoke("search", "a red car", "--index", index, "--clip-model", "clip-vit-b-32", "--json")
     assert named.exit_code == 0 and len(json.loads(named.stdout)) == 10 and len(online.requests) == requests
 
-    from retllm_lite.encode import load_encoder
+    from retllm_lite import load_encoder  # by name: the public API resolves it
 
     enc = load_encoder("clip-vit-b-32")
     assert enc.info.dim == 8 and enc.info.variant == "int8"
@@ -352,7 +352,7 @@ def test_pull_quantize_makes_a_model_from_the_checkpoint(online, tmp_path):
     from retllm_lite.quantize.clip import create_open_clip
 
     from clip_fixtures import TINY_CLIP_CONFIG
-    from retllm_lite.encode import load_encoder
+    from retllm_lite import load_encoder  # by name: the public API resolves it
 
     tiny = str(TINY_CLIP_CONFIG)
     model, _n, _s = create_open_clip(tiny, None, True, seed=3)

@@ -170,6 +170,7 @@ def eval_cmd(
     from ..eval.report import summary_lines, text_table, write_outputs
     from ..eval.runner import Evaluator
     from ..models.pull import ensure_clip
+    from ..models.store import resolve_clip_dir
 
     if gate_signal and gate_signal.startswith("exit-"):
         raise click.UsageError(
@@ -202,7 +203,9 @@ def eval_cmd(
     show = progress_enabled(progress)
     clip_name = ensure_clip(clip_model, offline=offline, announce=announce, progress=show)
     threads = vlm_runtime.threads  # CLIP's too
-    encoder = load_encoder(clip_name, variant=variant, **({"threads": threads} if threads else {}))
+    encoder = load_encoder(
+        resolve_clip_dir(clip_name), variant=variant, **({"threads": threads} if threads else {})
+    )
     backend = None
     if settings.fine:
         from ..models.pull import ensure_vlm

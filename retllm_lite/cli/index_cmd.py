@@ -110,6 +110,7 @@ def index_cmd(
     from ..encode import load_encoder
     from ..index.backend import is_lance, make_indexer, open_index
     from ..index.indexer import IndexReport
+    from ..models.store import resolve_clip_dir
 
     if list_errors:
         with open_index(index_path) as idx:
@@ -137,7 +138,7 @@ def index_cmd(
     # The model first: if it cannot be had, no index folder is left behind.
     built = _built_with(index_path)
     if clip_model is None and built is not None:
-        encoder = load_encoder(built.location, variant=variant or built.variant)
+        encoder = load_encoder(resolve_clip_dir(built.location), variant=variant or built.variant)
     else:
         from ..models.pull import ensure_clip
 
@@ -145,7 +146,9 @@ def index_cmd(
         clip_model = ensure_clip(
             clip_model, offline=offline, announce=announce, progress=progress_enabled(progress)
         )
-        encoder = load_encoder(clip_model, variant=variant or (built.variant if built else None))
+        encoder = load_encoder(
+            resolve_clip_dir(clip_model), variant=variant or (built.variant if built else None)
+        )
     lance_only = {"commit_rows": commit_rows, "ray": ray} if is_lance(index_path) else {}
     with open_index(index_path, writable=True, wait=wait) as idx:
         bars = Bars(progress_enabled(progress))

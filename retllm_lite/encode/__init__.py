@@ -32,26 +32,17 @@ __all__ = [
     "load_image",
     "normalize",
     "preprocess",
-    "resolve_model_dir",
 ]
 
 
-def resolve_model_dir(name_or_dir: str | os.PathLike | None) -> Path:
-    """A model directory from a path, a model name in the models dir, or the default.
+def load_encoder(model_dir: str | os.PathLike, variant: str | None = None, **kwargs) -> Encoder:
+    """Load the encoder in a model directory (``~`` expanded).
 
-    Names are the registry's (``retllm models list``); one not on disk raises ModelNotFound
-    saying how to get it (``retllm models pull NAME``) or which local folder to pass.
+    Takes a folder, not a model name: names are the model store's business
+    (``retllm_lite.models.store.resolve_clip_dir``, or ``retllm_lite.load_encoder``, which
+    accepts either), so that encoding never depends on the store.
     """
-    from ..models.store import resolve_clip_dir
-
-    return resolve_clip_dir(name_or_dir)
-
-
-def load_encoder(
-    name_or_dir: str | os.PathLike | None = None, variant: str | None = None, **kwargs
-) -> Encoder:
-    """Load the encoder in a model directory (or named in the models dir)."""
-    directory = resolve_model_dir(name_or_dir)
+    directory = Path(model_dir).expanduser()
     try:
         fmt = json.loads((directory / MANIFEST_NAME).read_text()).get("format")
     except (OSError, ValueError, AttributeError):
