@@ -137,7 +137,7 @@ def _make_model(entry: ModelEntry, stage: Path, record: dict) -> None:
         "registry": entry.name,
     }
     if entry.kind == "clip":
-        from ..encode.hf_layout import write_hf_manifest
+        from ..quantize.hf_layout import write_hf_manifest
 
         write_hf_manifest(
             stage,

@@ -35,8 +35,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-
-from retllm_lite.encode.hf_layout import (
+from retllm_lite.quantize.hf_layout import (
     HF_FAMILIES,
     UnsupportedModel,
     hf_model_meta,
@@ -45,6 +44,7 @@ from retllm_lite.encode.hf_layout import (
     hf_tokenizer_spec,
     read_json,
 )
+
 from retllm_lite.encode.tokenizers import make_tokenizer
 from retllm_lite.errors import BadModelFile, MissingDependency, ModelNotFound, RetllmError, require
 from retllm_lite.fingerprint import sha256_file

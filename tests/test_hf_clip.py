@@ -15,11 +15,11 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from retllm_lite.quantize.hf_layout import UnsupportedModel, hf_preprocess_config, write_hf_manifest
 
 from clip_fixtures import draw_photo, make_photo_folder
 from retllm_lite.cli import cli
 from retllm_lite.encode import load_encoder
-from retllm_lite.encode.hf_layout import UnsupportedModel, hf_preprocess_config, write_hf_manifest
 from retllm_lite.encode.preprocess import preprocess
 from retllm_lite.errors import BadInput, BadModelFile, MissingDependency
 from retllm_lite.fingerprint import sha256_file
@@ -292,7 +292,7 @@ import sys
 for mod in ("torch", "transformers", "optimum", "onnx"):
     sys.modules[mod] = None  # any import of them fails
 from retllm_lite.encode import load_encoder
-from retllm_lite.encode.hf_layout import write_hf_manifest
+from retllm_lite.quantize.hf_layout import write_hf_manifest
 write_hf_manifest({str(dl)!r}, name="dl", source={{}}, parity=None,
     variants={{"fp32": {{"image": "image.onnx", "text": "text.onnx"}}}})
 enc = load_encoder({str(dl)!r})

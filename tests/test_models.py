@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 from retllm_lite.models import registry, store
 from retllm_lite.models.pull import ensure_vlm, pull
+from retllm_lite.quantize import hf_layout  # noqa: F401  (the default CLIP is a Hugging Face layout)
 
 from fake_hub import FakeHub, running
 from retllm_lite.cli import cli
-from retllm_lite.encode import hf_layout  # noqa: F401  (the default CLIP is a Hugging Face layout)
 from retllm_lite.errors import BadModelFile, ChecksumMismatch, HubUnreachable, ModelNotFound
 from retllm_lite.paths import models_dir
 from tiny_hf_clip import tiny_hf_clip_files

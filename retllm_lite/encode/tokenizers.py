@@ -2,7 +2,8 @@
 
 - ``open_clip_bpe``: OpenAI CLIP's BPE (open_clip models), bundled, torch-free.
 - ``hf_tokenizers``: a ``tokenizer.json`` saved next to the towers (Hugging Face CLIP or
-  SigLIP exports), run by the ``tokenizers`` package; see ``hf_layout.hf_tokenizer_spec``.
+  SigLIP exports), run by the ``tokenizers`` package; the manifest entry is written at
+  export time by ``retllm_lite.quantize.hf_layout.hf_tokenizer_spec``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ def siglip_canonicalize(text: str, lowercase: bool = True) -> str:
     return _SPACES.sub(" ", text.translate(_PUNCTUATION)).strip()
 
 
+def load_tokenizer_json(path: Path):
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json``; typed errors when it cannot be had."""
+    try:
+        import tokenizers
+    except ImportError as exc:
+        raise MissingDependency(
+            f"this model's tokenizer needs the Python package 'tokenizers' ({exc})",
+            hint="pip install tokenizers",
+        ) from exc
+    try:
+        return tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise BadModelFile(f"{path}: cannot load tokenizer ({exc})") from None
+
+
 class HfTokenizer:
     """Wraps a ``tokenizer.json``; pads/truncates to a fixed length like the HF processor.
 
@@ -53,22 +69,12 @@ class HfTokenizer:
         lowercase: bool = False,
         canonicalize: str | None = None,
     ):
-        try:
-            import tokenizers
-        except ImportError as exc:
-            raise MissingDependency(
-                f"this model's tokenizer needs the Python package 'tokenizers' ({exc})",
-                hint="pip install tokenizers",
-            ) from exc
         if canonicalize not in (None, "siglip"):
             raise BadModelFile(
                 f"{path}: unknown text canonicalization {canonicalize!r} in the manifest",
                 hint="upgrade retllm-lite",
             )
-        try:
-            self.tok = tokenizers.Tokenizer.from_file(str(path))
-        except Exception as exc:
-            raise BadModelFile(f"{path}: cannot load tokenizer ({exc})") from None
+        self.tok = load_tokenizer_json(path)
         self.tok.no_truncation()
         self.tok.enable_truncation(context_length)
         self.tok.enable_padding(length=context_length, pad_id=pad_id, pad_token=pad_token or "[PAD]")

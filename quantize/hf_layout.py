@@ -1,5 +1,8 @@
 """Hugging Face CLIP / SigLIP towers -> our manifest, without torch or transformers.
 
+Export-time code (``retllm quantize clip --hf``, and ``retllm models pull`` for ready-made
+ONNX towers); searching never needs it: it reads the manifest this writes.
+
 A folder in the Hugging Face layout (``config.json``, ``preprocessor_config.json``,
 ``tokenizer.json`` and friends) next to two ONNX towers, whoever exported them
 (``retllm quantize clip --hf`` or a ready-made download), becomes a model directory
@@ -26,10 +29,11 @@ import os
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from ..errors import BadInput, BadModelFile, MissingDependency, ModelNotFound, RetllmError
-from ..fingerprint import sha256_file
-from .manifest import CLIP_FORMAT, FORMAT_VERSION, MANIFEST_NAME, TOWERS
-from .preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig
+from retllm_lite.encode.manifest import CLIP_FORMAT, FORMAT_VERSION, MANIFEST_NAME, TOWERS
+from retllm_lite.encode.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig
+from retllm_lite.encode.tokenizers import load_tokenizer_json
+from retllm_lite.errors import BadInput, BadModelFile, ModelNotFound, RetllmError
+from retllm_lite.fingerprint import sha256_file
 
 # config.json model_type -> manifest family. Both are two-tower models whose
 # get_image_features / get_text_features share one embedding space and whose
@@ -164,20 +168,6 @@ def _token_text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _load_tokenizer_json(path: Path):
-    try:
-        import tokenizers
-    except ImportError as exc:
-        raise MissingDependency(
-            f"Hugging Face model folders need the Python package 'tokenizers' ({exc})",
-            hint="pip install tokenizers",
-        ) from exc
-    try:
-        return tokenizers.Tokenizer.from_file(str(path))
-    except Exception as exc:
-        raise BadModelFile(f"{path}: cannot load it as a tokenizers file ({exc})") from None
-
-
 def hf_tokenizer_spec(model_dir: str | Path, model_type: str, input_names=TEXT_INPUTS) -> dict:
     """The manifest's ``tokenizer`` entry for an HF folder with a ``tokenizer.json``.
 
@@ -194,7 +184,7 @@ def hf_tokenizer_spec(model_dir: str | Path, model_type: str, input_names=TEXT_I
             f"{model_dir}: no tokenizer.json (the search path runs fast tokenizers only)",
             hint="'retllm quantize clip --hf DIR' writes one from spiece.model or vocab.json + merges.txt",
         )
-    tok = _load_tokenizer_json(path)
+    tok = load_tokenizer_json(path)
     config = read_json(model_dir, "config.json")
     tok_config = read_json(model_dir, "tokenizer_config.json", required=False)
     special_map = read_json(model_dir, "special_tokens_map.json", required=False)
