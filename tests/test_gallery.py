@@ -19,10 +19,10 @@ from chromium import chromium_or_skip, dump_dom, screenshot
 from clip_fixtures import draw_photo
 from html_check import MalformedHTML, by_class, parse, text_of, validate
 from retllm_lite.cli import cli
-from retllm_lite.display import printable
 from retllm_lite.errors import BadInput
-from retllm_lite.gallery import GalleryQuery, render_gallery, write_gallery
 from retllm_lite.pipeline import SearchHit
+from retllm_lite.view.display import printable
+from retllm_lite.view.gallery import GalleryQuery, render_gallery, write_gallery
 
 HOSTILE_NAMES = [
     "<script>.jpg",

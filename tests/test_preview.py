@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from clip_fixtures import draw_photo
 from retllm_lite.cli import cli
 from retllm_lite.pipeline import SearchHit
-from retllm_lite.preview import ThumbnailEncoder, choose_protocol, detect_protocol, write_previews
-from retllm_lite.thumbnails import make_thumbnail
+from retllm_lite.view.preview import ThumbnailEncoder, choose_protocol, detect_protocol, write_previews
+from retllm_lite.view.thumbnails import make_thumbnail
 from terminal_images import DECODERS, GRAPHICS, kitty_images, mean_abs_diff, sixel_images, unwrap_tmux
 
 TERMINAL_VARS = ("TMUX", "STY", "KITTY_WINDOW_ID", "TERM_PROGRAM", "LC_TERMINAL", "KONSOLE_VERSION")

@@ -30,8 +30,8 @@ from retllm_lite.index.store import PIXELS_KEY, Index
 from retllm_lite.pil_warnings import recorded
 from retllm_lite.pipeline import Retriever
 from retllm_lite.rerank.images import load_rgb
-from retllm_lite.thumbnails import jpeg_data_uri, make_thumbnail
 from retllm_lite.transparency import PIXELS_VERSION, flatten_transparency
+from retllm_lite.view.thumbnails import jpeg_data_uri, make_thumbnail
 
 GLYPHS = "0CLX7"
 WHITE_NORMALISED = (1.0 - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(OPENAI_STD, np.float32)
@@ -205,7 +205,7 @@ def test_thumbnails_and_previews_show_transparency_as_white(tmp_path):
     page_img = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     assert page_img[:8, :8].min() > 240  # a corner of the page's thumbnail: white, not black
     pytest.importorskip("chafa")
-    from retllm_lite.preview import ThumbnailEncoder
+    from retllm_lite.view.preview import ThumbnailEncoder
     from terminal_images import kitty_images
 
     drawn = kitty_images(ThumbnailEncoder("kitty", max_cols=8, max_rows=4).encode(img))

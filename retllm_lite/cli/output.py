@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import click
 
-from ..display import printable
+from ..view.display import printable
 
 
 def output_options(paths: bool = False):

@@ -20,7 +20,7 @@ import click
 
 from ..errors import MissingDependency
 from ..paths import cache_dir
-from ..preview import CHOICES, PROTOCOLS
+from ..view.preview import CHOICES, PROTOCOLS
 
 if TYPE_CHECKING:
     from ..pipeline import SearchHit
@@ -59,7 +59,7 @@ class ResultsView:
         return self._previews(hits)
 
     def _gallery(self, hits, text, image, image_weight) -> None:
-        from ..gallery import GalleryQuery, write_gallery
+        from ..view.gallery import GalleryQuery, write_gallery
 
         target = self.html
         if target is None:  # --open alone: a page in the cache dir
@@ -74,7 +74,7 @@ class ResultsView:
                 _note(f"could not start a browser; open {uri}")
 
     def _previews(self, hits) -> bool:
-        from ..preview import choose_protocol, preview_encoder, write_previews
+        from ..view.preview import choose_protocol, preview_encoder, write_previews
 
         is_tty = sys.stdout.isatty()
         choice = choose_protocol(self.protocol, is_tty=is_tty, env=os.environ)

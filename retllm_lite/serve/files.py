@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..index.catalog import ItemRow
 from ..paths import cache_dir
-from ..thumbnails import ImageLoadError, make_thumbnail
+from ..view.thumbnails import ImageLoadError, make_thumbnail
 
 THUMB_SIZES = (256, 1024)  # grid, larger view
 MAX_FILE_BYTES = 512 * 1024 * 1024

@@ -14,8 +14,8 @@ import os
 
 from PIL import Image
 
-from .encode.preprocess import ImageLoadError, load_image
-from .transparency import flatten_transparency
+from ..encode.preprocess import ImageLoadError, load_image
+from ..transparency import flatten_transparency
 
 __all__ = ["ImageLoadError", "jpeg_data_uri", "make_thumbnail"]
 

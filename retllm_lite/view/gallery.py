@@ -22,13 +22,13 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from .. import __version__
+from ..errors import BadInput
 from .display import printable
-from .errors import BadInput
 from .thumbnails import ImageLoadError, jpeg_data_uri, make_thumbnail
 
 if TYPE_CHECKING:
-    from .pipeline import SearchHit
+    from ..pipeline import SearchHit
 
 DEFAULT_THUMB_PX = 256
 QUERY_THUMB_PX = 160

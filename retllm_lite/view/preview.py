@@ -17,15 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
+from ..errors import MissingDependency, require
+from ..transparency import flatten_transparency
 from .display import printable
-from .errors import MissingDependency, require
 from .thumbnails import ImageLoadError, make_thumbnail
-from .transparency import flatten_transparency
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .pipeline import SearchHit
+    from ..pipeline import SearchHit
 
 PROTOCOLS = ("kitty", "iterm2", "sixel")
 CHOICES = ("auto", *PROTOCOLS, "none")
