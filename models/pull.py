@@ -180,7 +180,7 @@ def _write_vlm_manifest(entry: ModelEntry, stage: Path, record: dict, source: di
 
 def _remember_verified(final: Path, records: list[dict]) -> None:
     """The files were hashed as they arrived: spare the first load a second full hash."""
-    from ..integrity import record_verified
+    from ..hashing import record_verified
 
     for f in records:
         path = final / f["path"]

@@ -173,7 +173,7 @@ def verify(name_or_path: str | os.PathLike, force: bool = True) -> list[dict[str
     ``force`` re-hashes every file; without it a file unchanged (size, mtime) since its
     last successful check is taken as verified (retllm_lite.integrity).
     """
-    from ..integrity import verify_file
+    from ..hashing import verify_file
 
     path = Path(name_or_path).expanduser()
     if not path.is_dir():

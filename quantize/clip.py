@@ -57,7 +57,7 @@ def create_open_clip(arch: str, pretrained: str | None, random_init: bool, seed:
     else:
         ckpt = Path(pretrained).expanduser()
         if ckpt.is_file():
-            from retllm_lite.fingerprint import sha256_file
+            from retllm_lite.hashing import sha256_file
 
             source = {"kind": "checkpoint", "path": str(ckpt.resolve()), "sha256": sha256_file(ckpt)}
         elif pretrained in open_clip.list_pretrained_tags_by_model(name):

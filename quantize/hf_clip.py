@@ -47,7 +47,7 @@ from retllm_lite.quantize.hf_layout import (
 
 from retllm_lite.encode.tokenizers import make_tokenizer
 from retllm_lite.errors import BadModelFile, MissingDependency, ModelNotFound, RetllmError, require
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.hashing import sha256_file
 
 from .towers import INT8_MEAN_COSINE, Tower, check_written, prepare_out_dir, write_model_dir
 

@@ -33,7 +33,7 @@ from retllm_lite.encode.manifest import CLIP_FORMAT, FORMAT_VERSION, MANIFEST_NA
 from retllm_lite.encode.preprocess import OPENAI_MEAN, OPENAI_STD, PreprocessConfig
 from retllm_lite.encode.tokenizers import load_tokenizer_json
 from retllm_lite.errors import BadInput, BadModelFile, ModelNotFound, RetllmError
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.hashing import sha256_file
 
 # config.json model_type -> manifest family. Both are two-tower models whose
 # get_image_features / get_text_features share one embedding space and whose

@@ -30,7 +30,7 @@ from retllm_lite.atomic_dir import replace_dir
 from retllm_lite.cpu import cpu_info
 from retllm_lite.encode.manifest import CLIP_FORMAT, FORMAT_VERSION, MANIFEST_NAME
 from retllm_lite.errors import BadModelFile, RetllmError
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.hashing import sha256_file
 
 FP32_MIN_COSINE = 0.99999
 INT8_MEAN_COSINE = 0.999

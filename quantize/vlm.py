@@ -29,7 +29,7 @@ from retllm_lite.quantize.converter import Converter, get_converter, installed_l
 
 from retllm_lite.atomic_dir import replace_dir
 from retllm_lite.errors import BadInput, BadModelFile, require
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.hashing import sha256_file
 from retllm_lite.rerank.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 
 TEXT_TYPES = ("f32", "f16", "q8_0", "q4_k_m")

@@ -9,7 +9,7 @@ import pytest
 
 from retllm_lite.encode import load_encoder
 from retllm_lite.errors import BadModelFile, ModelNotFound, RetllmError
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.hashing import sha256_file
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")

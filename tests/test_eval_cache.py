@@ -11,7 +11,7 @@ import pytest
 
 from retllm_lite.errors import BadInput
 from retllm_lite.eval.cache import EvalCache, image_key, text_key
-from retllm_lite.integrity import file_sha256
+from retllm_lite.hashing import cached_sha256
 from retllm_lite.rerank.logits import ChoiceProbs
 from retllm_lite.rerank.scorer import PassScores
 from retllm_lite.transparency import PIXELS_VERSION
@@ -20,14 +20,14 @@ from retllm_lite.transparency import PIXELS_VERSION
 def test_file_sha256_is_remembered_until_the_file_changes(tmp_path):
     f = tmp_path / "model.gguf"
     f.write_bytes(b"first")
-    assert file_sha256(f) == hashlib.sha256(b"first").hexdigest()
+    assert cached_sha256(f) == hashlib.sha256(b"first").hexdigest()
     # Same size and mtime: the remembered value (a real cache: not re-read).
     st = f.stat()
     f.write_bytes(b"FIRST")
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert file_sha256(f) == hashlib.sha256(b"first").hexdigest()
+    assert cached_sha256(f) == hashlib.sha256(b"first").hexdigest()
     f.write_bytes(b"second!")
-    assert file_sha256(f) == hashlib.sha256(b"second!").hexdigest()
+    assert cached_sha256(f) == hashlib.sha256(b"second!").hexdigest()
 
 
 def test_eval_cache_round_trips_and_survives_reopening(tmp_path):

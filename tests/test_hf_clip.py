@@ -22,7 +22,7 @@ from retllm_lite.cli import cli
 from retllm_lite.encode import load_encoder
 from retllm_lite.encode.preprocess import preprocess
 from retllm_lite.errors import BadInput, BadModelFile, MissingDependency
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.hashing import sha256_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

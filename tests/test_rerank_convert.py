@@ -12,7 +12,7 @@ from retllm_lite.quantize.converter import ENV_DIR, SCRIPT, get_converter
 from retllm_lite.quantize.vlm import convert_vlm
 
 from retllm_lite.errors import BadInput, BadModelFile, MissingDependency
-from retllm_lite.fingerprint import sha256_file
+from retllm_lite.hashing import sha256_file
 from retllm_lite.rerank.gguf_header import read_gguf_header
 from retllm_lite.rerank.manifest import FORMAT, read_manifest
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadModelFile, ModelNotFound
-from ..integrity import verify_file
+from ..hashing import verify_file
 from .preprocess import PreprocessConfig
 
 MANIFEST_NAME = "manifest.json"

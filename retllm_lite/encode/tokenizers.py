@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadModelFile, MissingDependency
-from ..integrity import verify_file
+from ..hashing import verify_file
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _SPACES = re.compile(r"\s+")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from retllm_lite.errors import BadInput
-from retllm_lite.fingerprint import fingerprint_bytes
+from retllm_lite.hashing import fingerprint_bytes
 from retllm_lite.paths import cache_dir
 from retllm_lite.rerank.logits import ChoiceProbs
 from retllm_lite.rerank.pairs import PassScores

@@ -46,7 +46,7 @@ from retllm_lite.eval.protocol import (
     Settings,
     compose,
 )
-from retllm_lite.fingerprint import fingerprint_bytes, fingerprint_file
+from retllm_lite.hashing import fingerprint_bytes, fingerprint_file
 from retllm_lite.rerank.gating import Enhance
 from retllm_lite.rerank.logits import ChoiceProbs
 from retllm_lite.rerank.pairs import Item, PairScore, PassScores
@@ -83,16 +83,16 @@ class EvalStats:
 
 def describe_vlm(backend: Any) -> dict[str, Any]:
     """The reranker's files and their sha256 (remembered by size and mtime between runs)."""
-    from retllm_lite.integrity import file_sha256
+    from retllm_lite.hashing import cached_sha256
 
     rt = getattr(backend, "rt", None)
     if rt is None or getattr(rt, "model_path", None) is None:
         raise BadInput("this reranker does not say which model it runs", hint="pass vlm_identity={...}")
     out = {
         "model": str(rt.model_path),
-        "model_sha256": file_sha256(rt.model_path),
+        "model_sha256": cached_sha256(rt.model_path),
         "mmproj": str(rt.mmproj_path),
-        "mmproj_sha256": file_sha256(rt.mmproj_path) if rt.mmproj_path else None,
+        "mmproj_sha256": cached_sha256(rt.mmproj_path) if rt.mmproj_path else None,
     }
     if hasattr(rt, "image_settings"):  # llama.cpp build and image-token budget change the scores
         out["images"] = rt.image_settings()

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..encode.base import ImageEncoder
 from ..encode.preprocess import ImageLoadError
-from ..fingerprint import fingerprint_bytes
+from ..hashing import fingerprint_bytes
 from ..pil_warnings import recorded
 from .scan import FileEntry
 

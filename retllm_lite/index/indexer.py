@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..encode.base import Encoder, normalize
-from ..fingerprint import fingerprint_bytes
+from ..hashing import fingerprint_bytes
 from ..transparency import PIXELS_VERSION
 from .collections import CollectionItem, LineProblem, item_key, read_collection
 from .file_load import LoadedFile as _Loaded

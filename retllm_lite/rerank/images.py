@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from retllm_lite.errors import BadInput
-from retllm_lite.fingerprint import fingerprint_bytes
+from retllm_lite.hashing import fingerprint_bytes
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from retllm_lite.errors import BadInput, BadModelFile
-from retllm_lite.integrity import file_sha256
+from retllm_lite.hashing import cached_sha256
 from retllm_lite.rerank.chat_template import ChatFormat
 from retllm_lite.rerank.early_exit import ExitLayers, LayerCapture, OutputHead, exit_entropies
 from retllm_lite.rerank.embedding_cache import EmbeddingCache, cache_namespace
@@ -217,7 +217,7 @@ class LlamaMtmdScorer:
         if isinstance(spec, EmbeddingCache):
             return spec
         # hashed once per file version, not at every start (a real mmproj is hundreds of MB)
-        mmproj_sha = file_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
+        mmproj_sha = cached_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
         namespace = cache_namespace(mmproj_sha, self.rt.image_settings())
         root = None if spec is True else Path(spec)
         return EmbeddingCache(namespace, root)
@@ -229,8 +229,8 @@ class LlamaMtmdScorer:
         self._require_one_seq()  # before hashing the model files
         if isinstance(spec, StateCache):
             return spec
-        model_sha = file_sha256(self.rt.model_path)
-        mmproj_sha = file_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
+        model_sha = cached_sha256(self.rt.model_path)
+        mmproj_sha = cached_sha256(self.rt.mmproj_path)  # type: ignore[arg-type]
         settings = {**self.rt.image_settings(), "model": model_sha, "kv": self._kv_type_name}
         return StateCache(cache_namespace(mmproj_sha, settings), disk_mb=self._state_cache_mb)
 

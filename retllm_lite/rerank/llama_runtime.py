@@ -146,13 +146,13 @@ def check_vlm_files(model_path: str | Path, mmproj_path: str | Path | None) -> t
 
 def runtime_version(llama: Any, mtmd: Any) -> str:
     """The llama.cpp build: llama-cpp-python's version and a hash of the libmtmd it loaded."""
-    from retllm_lite.integrity import file_sha256
+    from retllm_lite.hashing import cached_sha256
 
     version = getattr(llama, "__version__", None) or _package_version()
     lib = getattr(getattr(mtmd, "_libmtmd", None), "_name", None)
     digest = "unknown"
     if lib and Path(lib).is_file():
-        digest = file_sha256(Path(lib))[:16]
+        digest = cached_sha256(Path(lib))[:16]
     return f"llama-cpp-python {version}, libmtmd {digest}"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from retllm_lite.errors import BadModelFile, ModelNotFound
-from retllm_lite.integrity import verify_file
+from retllm_lite.hashing import verify_file
 
 FORMAT = "retllm-lite/vlm-gguf"
 FORMAT_VERSION = 1
