@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import BadModelFile
-from .base import Encoder, EncoderInfo, ImageEncoder, TextEncoder, normalize
+from .base import Encoder, EncoderInfo, PixelEncoder, normalize
 from .manifest import CLIP_FORMAT, MANIFEST_NAME, ClipManifest
 from .onnx_clip import OnnxClipEncoder
 from .preprocess import ImageLoadError, LoadedImage, PreprocessConfig, load_image, preprocess
@@ -23,11 +23,10 @@ __all__ = [
     "ClipManifest",
     "Encoder",
     "EncoderInfo",
-    "ImageEncoder",
     "ImageLoadError",
     "LoadedImage",
+    "PixelEncoder",
     "PreprocessConfig",
-    "TextEncoder",
     "load_encoder",
     "load_image",
     "normalize",

@@ -1,7 +1,8 @@
 """The encoder interface every CLIP-like model implements.
 
-A new model family is one new file with a class that satisfies ``Encoder`` and an
-entry in ``retllm_lite.encode.ENCODERS`` keyed by its manifest ``format``.
+A new model family is one new file with a class that satisfies ``Encoder`` (and
+``PixelEncoder``, to be indexed in batches) and an entry in ``retllm_lite.encode.ENCODERS``
+keyed by its manifest ``format``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,29 @@ class EncoderInfo:
 
 
 @runtime_checkable
-class ImageEncoder(Protocol):
+class Encoder(Protocol):
+    """One model's two towers, sharing an embedding space: images or texts in, unit vectors out.
+
+    This is all that searching, serving and composing queries need.
+    """
+
     info: EncoderInfo
+
+    def embed_images(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """Load, preprocess and embed: unit-length float32 [B, dim]."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 [B, dim]."""
+
+
+@runtime_checkable
+class PixelEncoder(Encoder, Protocol):
+    """The batched path of indexing (and of ``retllm eval``'s vector cache): images are
+    decoded and preprocessed in loader threads, then embedded as one stacked batch.
+
+    The pixel pipeline's details are exposed here only, not on ``Encoder``.
+    """
+
     preprocess_config: PreprocessConfig
 
     def load_image(self, source: ImageSource) -> LoadedImage:
@@ -47,22 +69,6 @@ class ImageEncoder(Protocol):
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """[B, 3, H, W] -> unit-length float32 [B, dim]."""
-
-    def embed_images(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Load, preprocess and embed: unit-length float32 [B, dim]."""
-
-
-@runtime_checkable
-class TextEncoder(Protocol):
-    info: EncoderInfo
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length float32 [B, dim]."""
-
-
-@runtime_checkable
-class Encoder(ImageEncoder, TextEncoder, Protocol):
-    """Both towers of one model, sharing an embedding space."""
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

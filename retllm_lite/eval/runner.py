@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from retllm_lite.encode import Encoder, ImageLoadError
+from retllm_lite.encode import ImageLoadError, PixelEncoder
 from retllm_lite.errors import BadInput, BadModelFile
 from retllm_lite.eval.cache import EvalCache, image_key, text_key
 from retllm_lite.eval.datasets import Dataset
@@ -110,7 +110,7 @@ class Evaluator:
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: PixelEncoder,
         backend: EvalBackend | None = None,
         *,
         cache: EvalCache | None = None,

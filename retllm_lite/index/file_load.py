@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..encode.base import ImageEncoder
+from ..encode.base import PixelEncoder
 from ..encode.preprocess import ImageLoadError
 from ..hashing import fingerprint_bytes
 from ..pil_warnings import recorded
@@ -34,7 +34,7 @@ def warning_line(messages: list[str]) -> str | None:
     return "; ".join(dict.fromkeys(messages))[:300] if messages else None
 
 
-def load_file(encoder: ImageEncoder, entry: FileEntry, known: frozenset[str] = frozenset()) -> LoadedFile:
+def load_file(encoder: PixelEncoder, entry: FileEntry, known: frozenset[str] = frozenset()) -> LoadedFile:
     """Fingerprint ``entry``'s bytes and, unless that content is in ``known``, decode it to pixels."""
     out = LoadedFile(entry)
     try:
@@ -82,7 +82,7 @@ class EmbeddedFile:
         return self.vector is None and self.error is None
 
 
-def embed_loaded(encoder: ImageEncoder, loaded: list[LoadedFile]) -> list[EmbeddedFile]:
+def embed_loaded(encoder: PixelEncoder, loaded: list[LoadedFile]) -> list[EmbeddedFile]:
     """Embed the decoded files of a batch in one call; pass the others through."""
     decoded = [f for f in loaded if f.pixels is not None]
     vectors = iter(encoder.embed_pixels(np.stack([f.pixels for f in decoded])) if decoded else ())

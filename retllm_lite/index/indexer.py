@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encode.base import Encoder, normalize
+from ..encode.base import PixelEncoder, normalize
 from ..hashing import fingerprint_bytes
 from ..transparency import PIXELS_VERSION
 from .collections import CollectionItem, LineProblem, item_key, read_collection
@@ -132,7 +132,7 @@ class Indexer:
     def __init__(
         self,
         index: Index,
-        encoder: Encoder,
+        encoder: PixelEncoder,
         batch_size: int = 32,
         workers: int | None = None,
         hidden: bool = False,

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ..encode.base import Encoder
+from ..encode.base import PixelEncoder
 from .file_load import EmbeddedFile, embed_loaded, load_file
 from .indexer import IndexReport, _reason_class
 from .lance_store import LanceIndex
@@ -43,7 +43,7 @@ class LanceIndexer:
     def __init__(
         self,
         index: LanceIndex,
-        encoder: Encoder,
+        encoder: PixelEncoder,
         batch_size: int = 32,
         workers: int | None = None,
         hidden: bool = False,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..encode.base import Encoder, normalize
+from ..encode.base import PixelEncoder, normalize
 from ..pil_warnings import recorded
 from ..transparency import PIXELS_VERSION, has_transparent_pixels, may_have_transparency
 from .store import Index
@@ -46,7 +46,7 @@ class _Candidate:
 _UNCHECKED = "unchecked"  # gone, changed or unreadable: its vector may be old
 
 
-def _check(encoder: Encoder, item: _Candidate) -> np.ndarray | str | None:
+def _check(encoder: PixelEncoder, item: _Candidate) -> np.ndarray | str | None:
     """Preprocessed pixels if the file has transparent pixels; None if its vector stands."""
     try:
         with open(item.path, "rb") as f:
@@ -72,7 +72,7 @@ def _check(encoder: Encoder, item: _Candidate) -> np.ndarray | str | None:
 
 def refresh_pixels(
     index: Index,
-    encoder: Encoder,
+    encoder: PixelEncoder,
     item_image_weight: float,
     batch_size: int = 32,
     workers: int = 2,
