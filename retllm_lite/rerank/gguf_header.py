@@ -1,5 +1,7 @@
 """Read and check a GGUF file's header in pure Python, before llama.cpp ever sees it.
 
+``check_vlm_files`` checks a VLM's pair of files (text model and projector) this way.
+
 llama.cpp can abort the process on some malformed files; everything we can check from the
 header (magic, version, metadata, tensor table, whether the file is long enough to hold
 every tensor) is checked here so the user gets a one-line error instead of a crash.
@@ -226,3 +228,38 @@ def read_gguf_header(path: str | Path, *, what: str = "model file") -> GGUFInfo:
             hint="download or convert the file again",
         )
     return info
+
+
+def check_vlm_files(model_path: str | Path, mmproj_path: str | Path | None) -> tuple[GGUFInfo, GGUFInfo]:
+    """Check both files from their headers; one-line errors naming the file."""
+    info = read_gguf_header(model_path, what="VLM model file")
+    if info.is_projector:
+        raise BadModelFile(
+            f"{model_path} is a multimodal projector (mmproj), not the language model",
+            hint="pass the text model .gguf as the model and this file as the mmproj",
+        )
+    if mmproj_path is None:
+        raise ModelNotFound(
+            f"no mmproj file given for the VLM {model_path}",
+            hint="pass the mmproj-*.gguf converted with --mmproj from the same checkpoint",
+        )
+    proj = read_gguf_header(mmproj_path, what="mmproj file")
+    if not proj.is_projector:
+        raise BadModelFile(
+            f"{mmproj_path} is not a multimodal projector (its architecture is '{proj.architecture}')",
+            hint="pass the mmproj-*.gguf converted with --mmproj from the same checkpoint",
+        )
+    if not proj.has_vision:
+        raise BadModelFile(
+            f"{mmproj_path} has no vision encoder (audio-only projector?)",
+            hint="pass an mmproj with a vision encoder",
+        )
+    arch = info.architecture
+    n_embd = info.metadata.get(f"{arch}.embedding_length")
+    proj_dim = proj.metadata.get("clip.vision.projection_dim")
+    if isinstance(n_embd, int) and isinstance(proj_dim, int) and n_embd != proj_dim:
+        raise BadModelFile(
+            f"{mmproj_path} projects to {proj_dim} dimensions but {model_path} takes {n_embd}",
+            hint="use the mmproj converted from the same checkpoint as the model",
+        )
+    return info, proj

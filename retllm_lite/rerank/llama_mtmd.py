@@ -44,8 +44,9 @@ from retllm_lite.rerank.early_exit import ExitLayers, LayerCapture, OutputHead, 
 from retllm_lite.rerank.embedding_cache import EmbeddingCache, cache_namespace
 from retllm_lite.rerank.gating import Enhance, gate
 from retllm_lite.rerank.images import RGBImage, load_rgb
-from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunks, LlamaRuntime
+from retllm_lite.rerank.llama_runtime import LlamaRuntime
 from retllm_lite.rerank.logits import AnswerProbs, ChoiceProbs, answer_probs, choice_probs
+from retllm_lite.rerank.mtmd_chunks import CHUNK_IMAGE, Chunks
 from retllm_lite.rerank.pairs import Item, PairScore
 from retllm_lite.rerank.prompts import (
     ANSWER_FALSE,

@@ -4,7 +4,7 @@ Holds the handles and the low-level operations the scorer needs: chat-template r
 (``chat_template``), multimodal tokenisation, decoding token runs and pre-encoded image
 chunks on given sequences, reading logits, and finding the token an answer starts with
 after the generation prompt. Files are checked (``gguf_header``) before llama.cpp opens
-them.
+them; a tokenised prompt is ``mtmd_chunks.Chunks``.
 
 Capacity: the context is sized from the prompts (``reserve``: the image chunks' token
 counts are known once a prompt is tokenised, before anything is decoded) unless ``n_ctx``
@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from retllm_lite.cpu import physical_cores
-from retllm_lite.errors import BadInput, BadModelFile, ModelNotFound, require
+from retllm_lite.errors import BadInput, BadModelFile, require
 from retllm_lite.rerank import llama_log
 from retllm_lite.rerank.chat_template import ChatFormat, ChatRenderer, Messages
-from retllm_lite.rerank.gguf_header import GGUFInfo, read_gguf_header
+from retllm_lite.rerank.gguf_header import check_vlm_files
+from retllm_lite.rerank.llama_build import runtime_version, use_extra_buffers
+from retllm_lite.rerank.mtmd_chunks import CHUNK_IMAGE, Chunk, Chunks
 
-CHUNK_TEXT = 0
-CHUNK_IMAGE = 1
 # Qwen2-VL's authors' processor budget (README): min_pixels 256*28*28, max_pixels 512*28*28.
 DEFAULT_MAX_IMAGE_TOKENS = 512
 QWEN_MIN_IMAGE_TOKENS = 256
@@ -44,137 +43,6 @@ _AUTO_CTX_START = 2048
 _CTX_STEP = 256
 _SPACE_MARKS = {"\u2581": " ", "\u0120": " ", "\u010a": "\n"}  # SentencePiece / byte-level BPE
 _ANSWER_PROBE = "Answer True or False."
-
-
-@dataclass
-class Chunk:
-    """One chunk of a tokenised prompt: text tokens, or an image placeholder."""
-
-    kind: int
-    tokens: list[int]  # text chunks
-    handle: Any = None  # mtmd_input_chunk pointer (valid while its Chunks lives)
-    image_id: str | None = None
-    n_tokens: int = 0
-    n_pos: int = 0
-    nx: int = 0  # image chunks: token grid (mtmd_image_tokens_get_nx / _ny)
-    ny: int = 0
-
-
-class Chunks:
-    """Owns an ``mtmd_input_chunks`` and its parsed view."""
-
-    def __init__(self, mtmd: Any, handle: Any):
-        self._mtmd = mtmd
-        self.handle = handle
-        self.items: list[Chunk] = []
-        for i in range(mtmd.mtmd_input_chunks_size(handle)):
-            c = mtmd.mtmd_input_chunks_get(handle, i)
-            kind = mtmd.mtmd_input_chunk_get_type(c)
-            if kind == CHUNK_TEXT:
-                n = ctypes.c_size_t(0)
-                ptr = mtmd.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
-                toks = [int(ptr[j]) for j in range(n.value)]
-                self.items.append(Chunk(CHUNK_TEXT, toks, c, n_tokens=len(toks), n_pos=len(toks)))
-            elif kind == CHUNK_IMAGE:
-                cid = mtmd.mtmd_input_chunk_get_id(c)
-                img = mtmd.mtmd_input_chunk_get_tokens_image(c)
-                self.items.append(
-                    Chunk(
-                        CHUNK_IMAGE,
-                        [],
-                        c,
-                        image_id=cid.decode() if cid else None,
-                        n_tokens=int(mtmd.mtmd_input_chunk_get_n_tokens(c)),
-                        n_pos=int(mtmd.mtmd_input_chunk_get_n_pos(c)),
-                        nx=int(mtmd.mtmd_image_tokens_get_nx(img)) if img else 0,
-                        ny=int(mtmd.mtmd_image_tokens_get_ny(img)) if img else 0,
-                    )
-                )
-            else:
-                raise BadInput("only text and image inputs are supported")
-
-    def image_layout(self) -> tuple[tuple[int, int, int], ...]:
-        """Per image chunk, in order: (n_tokens, nx, ny), what cached embeddings must fit."""
-        return tuple((ch.n_tokens, ch.nx, ch.ny) for ch in self.items if ch.kind == CHUNK_IMAGE)
-
-    def free(self) -> None:
-        if self.handle:
-            self._mtmd.mtmd_input_chunks_free(self.handle)
-            self.handle = None
-
-    def __enter__(self) -> Chunks:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.free()
-
-
-def check_vlm_files(model_path: str | Path, mmproj_path: str | Path | None) -> tuple[GGUFInfo, GGUFInfo]:
-    """Check both files from their headers; one-line errors naming the file."""
-    info = read_gguf_header(model_path, what="VLM model file")
-    if info.is_projector:
-        raise BadModelFile(
-            f"{model_path} is a multimodal projector (mmproj), not the language model",
-            hint="pass the text model .gguf as the model and this file as the mmproj",
-        )
-    if mmproj_path is None:
-        raise ModelNotFound(
-            f"no mmproj file given for the VLM {model_path}",
-            hint="pass the mmproj-*.gguf converted with --mmproj from the same checkpoint",
-        )
-    proj = read_gguf_header(mmproj_path, what="mmproj file")
-    if not proj.is_projector:
-        raise BadModelFile(
-            f"{mmproj_path} is not a multimodal projector (its architecture is '{proj.architecture}')",
-            hint="pass the mmproj-*.gguf converted with --mmproj from the same checkpoint",
-        )
-    if not proj.has_vision:
-        raise BadModelFile(
-            f"{mmproj_path} has no vision encoder (audio-only projector?)",
-            hint="pass an mmproj with a vision encoder",
-        )
-    arch = info.architecture
-    n_embd = info.metadata.get(f"{arch}.embedding_length")
-    proj_dim = proj.metadata.get("clip.vision.projection_dim")
-    if isinstance(n_embd, int) and isinstance(proj_dim, int) and n_embd != proj_dim:
-        raise BadModelFile(
-            f"{mmproj_path} projects to {proj_dim} dimensions but {model_path} takes {n_embd}",
-            hint="use the mmproj converted from the same checkpoint as the model",
-        )
-    return info, proj
-
-
-def runtime_version(llama: Any, mtmd: Any) -> str:
-    """The llama.cpp build: llama-cpp-python's version and a hash of the libmtmd it loaded."""
-    from retllm_lite.hashing import cached_sha256
-
-    version = getattr(llama, "__version__", None) or _package_version()
-    lib = getattr(getattr(mtmd, "_libmtmd", None), "_name", None)
-    digest = "unknown"
-    if lib and Path(lib).is_file():
-        digest = cached_sha256(Path(lib))[:16]
-    return f"llama-cpp-python {version}, libmtmd {digest}"
-
-
-def _package_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def use_extra_buffers(llama: Any) -> bool:
-    """Weight repacking (extra CPU buffer types), except on CPUs with AMX.
-
-    On AMX CPUs llama.cpp repacks quantized weights into an AMX buffer and its
-    ``ggml_backend_amx_mul_mat`` segfaults on the first decode (seen here with Q8_0, Q4_0
-    and Q4_K_M; ggml-org/llama.cpp#20824). Without extra buffers the plain CPU kernels run.
-    """
-    info = llama.llama_print_system_info()
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    return "AMX_INT8 = 1" not in text
 
 
 class LlamaRuntime:

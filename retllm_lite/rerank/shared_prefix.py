@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from retllm_lite.errors import BadInput
-from retllm_lite.rerank.llama_runtime import CHUNK_IMAGE, Chunk, Chunks, LlamaRuntime
+from retllm_lite.rerank.llama_runtime import LlamaRuntime
+from retllm_lite.rerank.mtmd_chunks import CHUNK_IMAGE, Chunk, Chunks
 from retllm_lite.rerank.state_cache import StateCache, head_key
 
 
