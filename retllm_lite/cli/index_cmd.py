@@ -109,7 +109,7 @@ def index_cmd(
     """
     from ..encode import load_encoder
     from ..index.backend import is_lance, make_indexer, open_index
-    from ..index.indexer import IndexReport
+    from ..index.report import IndexReport
     from ..models.store import resolve_clip_dir
 
     if list_errors:

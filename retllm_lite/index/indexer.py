@@ -28,106 +28,25 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encode.base import PixelEncoder, normalize
-from ..hashing import fingerprint_bytes
+from ..encode.base import PixelEncoder
 from ..transparency import PIXELS_VERSION
-from .collections import CollectionItem, LineProblem, item_key, read_collection
+from .collection_indexer import CollectionIndexer
 from .file_load import LoadedFile as _Loaded
 from .file_load import load_file
 from .pixels_refresh import refresh_pixels
-from .scan import FileEntry, Skipped, scan
+from .report import IndexReport, reason_class
+from .scan import FileEntry, scan_changes, source_of
 from .store import Index
 
 
-@dataclass
-class IndexReport:
-    scanned: int = 0
-    unchanged: int = 0
-    indexed: int = 0
-    moved: int = 0
-    copied: int = 0
-    touched: int = 0  # same content, new mtime: nothing re-embedded
-    reembedded: int = 0  # transparent images of an index made before PIXELS_VERSION
-    unchecked: int = 0  # ... and files that could not be checked for it (checked next run)
-    warned: int = 0  # indexed, but the decoder warned (recorded on the item)
-    removed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    reasons: collections.Counter = field(default_factory=collections.Counter)
-    seconds: float = 0.0
-    embed_seconds: float = 0.0
-    interrupted: bool = False
-    ann: str = "none"
-
-    def __iadd__(self, other: IndexReport) -> IndexReport:
-        """Combine the reports of several runs in one command (folders, then collections)."""
-        for name in (
-            "scanned",
-            "unchanged",
-            "indexed",
-            "moved",
-            "copied",
-            "touched",
-            "reembedded",
-            "unchecked",
-            "warned",
-            "removed",
-            "failed",
-            "skipped",
-            "seconds",
-            "embed_seconds",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.reasons.update(other.reasons)
-        self.interrupted = self.interrupted or other.interrupted
-        self.ann = other.ann
-        return self
-
-    @property
-    def images_per_second(self) -> float:
-        return self.indexed / self.seconds if self.seconds else 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "scanned": self.scanned,
-            "unchanged": self.unchanged,
-            "indexed": self.indexed,
-            "moved": self.moved,
-            "copied": self.copied,
-            "touched": self.touched,
-            "reembedded": self.reembedded,
-            "unchecked": self.unchecked,
-            "warned": self.warned,
-            "removed": self.removed,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "reasons": dict(self.reasons),
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.images_per_second, 2),
-            "interrupted": self.interrupted,
-            "ann": self.ann,
-        }
-
-
-def _text_fingerprint(text: str) -> str:
-    return fingerprint_bytes(b"text\0" + text.encode("utf-8", "surrogatepass"))
-
-
-@dataclass
-class _Pending:
-    item: CollectionItem
-    key: bytes
-    size: int | None = None
-    mtime_ns: int | None = None
-    loaded: _Loaded | None = None
-
-
 class Indexer:
-    """Keeps an ``Index`` in step with folders of images, using one ``Encoder``."""
+    """Keeps an ``Index`` in step with folders of images, using one ``Encoder``.
+
+    ``index_collection`` brings in ``--texts``/``--items`` files (``collection_indexer.py``).
+    """
 
     def __init__(
         self,
@@ -155,6 +74,16 @@ class Indexer:
         self._pixels_checked = False
         if index.pixels_version() != PIXELS_VERSION and not index.pixels_outdated():
             index.set_pixels_version()  # no image vectors yet: every one is made the current way
+        self._collections = CollectionIndexer(
+            index,
+            encoder,
+            self.item_image_weight,
+            batch_size=batch_size,
+            workers=self.workers,
+            retry_errors=retry_errors,
+            progress=progress,
+            after=self._refresh_pixels,
+        )
 
     def _refresh_pixels(self, report: IndexReport) -> None:
         """Once per Indexer, after its first scan: re-embed transparent images made before PIXELS_VERSION."""
@@ -205,44 +134,25 @@ class Indexer:
         todo: list[FileEntry] = []
         seen: set[bytes] = set()
         under: dict[bytes, object] = {}
+
+        def recorded(path: bytes) -> tuple[int, int, str] | None:
+            row = under.get(path)
+            return None if row is None else (row.size, row.mtime_ns, row.status)
+
         for root in roots:
-            skipped: list[tuple[bytes, str]] = []
             for row in self.catalog.items_under(root):
                 under[row.key] = row
             if os.path.isfile(root):
                 row = self.catalog.by_key(root)
                 if row is not None:
                     under[row.key] = row
-            for found in scan(root, hidden=self.hidden):
-                if isinstance(found, Skipped):
-                    skipped.append((found.path, found.reason))
-                    report.reasons[found.reason] += 1
-                    continue
-                if found.path in seen:
-                    continue
-                seen.add(found.path)
-                report.scanned += 1
-                row = under.get(found.path)
-                if (
-                    row is not None
-                    and row.size == found.size
-                    and row.mtime_ns == found.mtime_ns
-                    and (row.status == "ok" or not self.retry_errors)
-                ):
-                    report.unchanged += 1
-                else:
-                    todo.append(found)
-            report.skipped += len(skipped)
+            found = scan_changes(root, seen, recorded, hidden=self.hidden, retry_errors=self.retry_errors)
+            todo += found.todo
+            report.count_scan(found)
             with self.catalog.transaction(bump=False):
-                self.catalog.replace_skipped(root, os.fsdecode(root), skipped)
+                self.catalog.replace_skipped(root, os.fsdecode(root), found.skipped)
         missing = {key: row for key, row in under.items() if key not in seen}
         return todo, missing
-
-    def _source_for(self, path: bytes, roots: list[bytes]) -> str:
-        for root in roots:
-            if path == root or path.startswith(root.rstrip(b"/") + b"/"):
-                return os.fsdecode(root)
-        return os.fsdecode(os.path.dirname(path))
 
     def _process(self, todo: list[FileEntry], missing: dict, roots: list[bytes], report: IndexReport) -> None:
         if not todo:
@@ -305,7 +215,7 @@ class Indexer:
         with cat.transaction() as seq:
             for item in linked:
                 e = item.entry
-                source = self._source_for(e.path, roots)
+                source = source_of(e.path, roots)
                 base = {
                     "key": e.path,
                     "modality": "image",
@@ -320,7 +230,7 @@ class Indexer:
                         seq, None, **base, status="error", error=item.error, width=None, height=None
                     )
                     counts["failed"] += 1
-                    reasons[_reason_class(item.error)] += 1
+                    reasons[reason_class(item.error)] += 1
                     continue
                 own = cat.by_key(e.path)
                 if own is not None and own.fingerprint == item.fingerprint and own.status == "ok":
@@ -341,7 +251,7 @@ class Indexer:
                     if reloaded.pixels is None:
                         cat.upsert_item(seq, None, **base, status="error", error=reloaded.error)
                         counts["failed"] += 1
-                        reasons[_reason_class(reloaded.error or "")] += 1
+                        reasons[reason_class(reloaded.error or "")] += 1
                         continue
                     vec = self.encoder.embed_pixels(reloaded.pixels[None])[0]
                     cat.upsert_item(
@@ -374,7 +284,7 @@ class Indexer:
                     key=e.path,
                     modality="image",
                     path=e.path,
-                    source=self._source_for(e.path, roots),
+                    source=source_of(e.path, roots),
                     size=e.size,
                     mtime_ns=e.mtime_ns,
                     fingerprint=item.fingerprint,
@@ -391,175 +301,7 @@ class Indexer:
         report.reasons.update(reasons)
         return len(pending) + len(linked)
 
-    # ---- text and image+text collections ---------------------------------------------
+    # ---- text and image+text collections (collection_indexer.py) ---------------------
     def index_collection(self, path: str | os.PathLike, kind: str) -> IndexReport:
-        """Bring the items of one ``--texts``/``--items`` file into the index (see collections.py).
-
-        Text items are embedded with the text tower; image+text items get the documented fused
-        vector ``normalize(w * image + (1 - w) * text)`` with the index's item image weight w.
-        Items whose text, image path and image (size, mtime) are unchanged are not re-embedded;
-        items no longer in the file are removed.
-        """
-        report = IndexReport()
-        t0 = time.perf_counter()
-        source = os.path.abspath(os.fspath(path))
-        existing = {row.key: row for row in self.catalog.items_from_source(source)}
-        problems: list[tuple[bytes, str]] = []
-        todo: list[_Pending] = []
-        seen: set[bytes] = set()
-        for found in read_collection(path, kind):
-            if isinstance(found, LineProblem):
-                problems.append((os.fsencode(f"{source}:{found.line}"), found.reason))
-                report.reasons[found.reason.split(" (")[0]] += 1
-                continue
-            key = item_key(source, found.item_id)
-            seen.add(key)
-            report.scanned += 1
-            pending = _Pending(found, key)
-            if found.image is not None:
-                try:
-                    st = os.stat(found.image)
-                    pending.size, pending.mtime_ns = st.st_size, st.st_mtime_ns
-                except OSError:
-                    pass  # recorded as an error below
-            row = existing.get(key)
-            if (
-                row is not None
-                and row.text == found.text
-                and row.path == found.image
-                and row.modality == found.modality
-                and row.size == pending.size
-                and row.mtime_ns == pending.mtime_ns
-                and (row.status == "ok" or not self.retry_errors)
-            ):
-                report.unchanged += 1
-            else:
-                todo.append(pending)
-        report.skipped = len(problems)
-        with self.catalog.transaction(bump=False):
-            self.catalog.replace_skipped_for_source(source, problems)
-        missing = [row.id for key, row in existing.items() if key not in seen]
-        try:
-            pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="retllm-load")
-            try:
-                for start in range(0, len(todo), self.batch_size):
-                    batch = todo[start : start + self.batch_size]
-                    futures = {
-                        id(p): pool.submit(
-                            self._load, FileEntry(p.item.image, p.size or 0, p.mtime_ns or 0), frozenset()
-                        )
-                        for p in batch
-                        if p.item.image is not None and p.size is not None
-                    }
-                    for p in batch:
-                        if id(p) in futures:
-                            p.loaded = futures[id(p)].result()
-                    self._commit_collection(batch, source, report)
-                    if self.progress:
-                        self.progress("embed", min(start + self.batch_size, len(todo)), len(todo))
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            if missing:
-                with self.catalog.transaction() as seq:
-                    report.removed += self.catalog.delete_items(missing, seq)
-            self._refresh_pixels(report)
-            report.ann = self.index.update_ann()
-        except KeyboardInterrupt:
-            report.interrupted = True
-        report.seconds = time.perf_counter() - t0
-        return report
-
-    def _commit_collection(self, batch: list[_Pending], source: str, report: IndexReport) -> None:
-        w = self.item_image_weight
-        texts = [p.item.text for p in batch if p.item.text is not None]
-        text_vecs = iter(self.encoder.embed_texts(texts)) if texts else iter(())
-        image_ok = [p for p in batch if p.loaded is not None and p.loaded.pixels is not None]
-        image_vecs = (
-            iter(self.encoder.embed_pixels(np.stack([p.loaded.pixels for p in image_ok])))
-            if image_ok
-            else iter(())
-        )
-        counts: collections.Counter = collections.Counter()
-        with self.catalog.transaction() as seq:
-            for p in batch:
-                it = p.item
-                text_vec = next(text_vecs) if it.text is not None else None
-                fields = {
-                    "key": p.key,
-                    "modality": it.modality,
-                    "path": it.image,
-                    "source": source,
-                    "item_id": it.item_id,
-                    "text": it.text,
-                    "size": p.size,
-                    "mtime_ns": p.mtime_ns,
-                }
-                if it.image is not None:
-                    error = None
-                    if p.size is None:
-                        error = "image not found or unreadable"
-                    elif p.loaded is None or p.loaded.pixels is None:
-                        error = p.loaded.error if p.loaded else "image not loaded"
-                    if error is not None:
-                        shown = os.fsdecode(it.image)
-                        self.catalog.upsert_item(
-                            seq,
-                            None,
-                            **fields,
-                            status="error",
-                            error=f"{shown}: {error}",
-                            fingerprint=None,
-                            width=None,
-                            height=None,
-                        )
-                        counts["failed"] += 1
-                        report.reasons["missing or unreadable image"] += 1
-                        continue
-                    image_vec = next(image_vecs)
-                    if text_vec is None:
-                        vec, fp = image_vec, p.loaded.fingerprint
-                    else:
-                        vec = normalize(w * image_vec + (1.0 - w) * text_vec)
-                        fp = fingerprint_bytes(
-                            f"{p.loaded.fingerprint}\0{it.text}\0{w}".encode("utf-8", "surrogatepass")
-                        )
-                    self.catalog.upsert_item(
-                        seq,
-                        vec,
-                        **fields,
-                        status="ok",
-                        error=p.loaded.warning,
-                        fingerprint=fp,
-                        width=p.loaded.width,
-                        height=p.loaded.height,
-                    )
-                    counts["warned"] += int(p.loaded.warning is not None)
-                else:
-                    self.catalog.upsert_item(
-                        seq,
-                        text_vec,
-                        **fields,
-                        status="ok",
-                        fingerprint=_text_fingerprint(it.text or ""),
-                        width=None,
-                        height=None,
-                    )
-                counts["indexed"] += 1
-        for key, n in counts.items():
-            setattr(report, key, getattr(report, key) + n)
-
-
-def _reason_class(error: str) -> str:
-    """Group one-line errors into a few reasons for the end-of-run summary."""
-    e = error.lower()
-    if "empty file" in e:
-        return "empty file"
-    if "too large" in e:
-        return "image too large"
-    if "not an image" in e or "cannot identify" in e:
-        return "not an image"
-    if "cannot read" in e:
-        return "unreadable file"
-    if "truncated" in e or "cannot decode" in e:
-        return "corrupt image"
-    return "other error"
+        """Bring the items of one ``--texts``/``--items`` file into the index (see collections.py)."""
+        return self._collections.index_collection(path, kind)

@@ -28,10 +28,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..encode.base import PixelEncoder
 from .file_load import EmbeddedFile, embed_loaded, load_file
-from .indexer import IndexReport, _reason_class
 from .lance_store import LanceIndex
 from .ray_embed import RayOptions, embed_on_ray
-from .scan import FileEntry, Skipped, scan
+from .report import IndexReport, reason_class
+from .scan import FileEntry, scan_changes, source_of
 
 DEFAULT_COMMIT_ROWS = 1024
 DEFAULT_COMMIT_SECONDS = 30.0
@@ -110,29 +110,16 @@ class LanceIndexer:
                     under[row["path"]] = row
         todo: list[FileEntry] = []
         seen: set[bytes] = set()
+
+        def recorded(path: bytes) -> tuple[int, int, str] | None:
+            row = under.get(path)
+            return None if row is None else (row["size"], row["mtime_ns"], row["status"])
+
         for root in roots:
-            skipped: list[tuple[bytes, str]] = []
-            for found in scan(root, hidden=self.hidden):
-                if isinstance(found, Skipped):
-                    skipped.append((found.path, found.reason))
-                    report.reasons[found.reason] += 1
-                    continue
-                if found.path in seen:
-                    continue
-                seen.add(found.path)
-                report.scanned += 1
-                row = under.get(found.path)
-                if (
-                    row is not None
-                    and row["size"] == found.size
-                    and row["mtime_ns"] == found.mtime_ns
-                    and (row["status"] == "ok" or not self.retry_errors)
-                ):
-                    report.unchanged += 1
-                else:
-                    todo.append(found)
-            report.skipped += len(skipped)
-            self.index.replace_skipped(root, os.fsdecode(root), skipped)
+            found = scan_changes(root, seen, recorded, hidden=self.hidden, retry_errors=self.retry_errors)
+            todo += found.todo
+            report.count_scan(found)
+            self.index.replace_skipped(root, os.fsdecode(root), found.skipped)
         missing = {path: row for path, row in under.items() if path not in seen}
         return todo, under, missing
 
@@ -197,12 +184,6 @@ class LanceIndexer:
                 self.progress("embed", done, len(todo))
 
     # ---- one commit ------------------------------------------------------------------
-    def _source_for(self, path: bytes, roots: list[bytes]) -> str:
-        for root in roots:
-            if path == root or path.startswith(root.rstrip(b"/") + b"/"):
-                return os.fsdecode(root)
-        return os.fsdecode(os.path.dirname(path))
-
     def _commit(self, results: list[EmbeddedFile], under, missing, missing_by_fp, roots, report) -> int:
         """Turn a block of results into rows and write them in one commit; returns files done."""
         counts: collections.Counter = collections.Counter()
@@ -246,14 +227,14 @@ class LanceIndexer:
                     vector, width, height, error = src["vector"], src["width"], src["height"], None
             if how == "failed":
                 error = f.error
-                reasons[_reason_class(f.error or "")] += 1
+                reasons[reason_class(f.error or "")] += 1
             counts[how] += 1
             counts["warned"] += int(how == "indexed" and f.warning is not None)
             rows.append(
                 {
                     "id": row_id,
                     "path": e.path,
-                    "source": self._source_for(e.path, roots),
+                    "source": source_of(e.path, roots),
                     "size": e.size,
                     "mtime_ns": e.mtime_ns,
                     "fingerprint": f.fingerprint,

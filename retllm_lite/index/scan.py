@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
@@ -94,3 +94,57 @@ def scan(root: str | bytes | os.PathLike, hidden: bool = False) -> Iterator[File
             elif stat.S_ISREG(est.st_mode) and is_image_name(name):
                 yield FileEntry(path, est.st_size, est.st_mtime_ns)
         stack.extend(reversed(subdirs))
+
+
+@dataclass
+class RootChanges:
+    """One root scanned against what an index records: the files to (re)process, the rest."""
+
+    todo: list[FileEntry] = field(default_factory=list)
+    skipped: list[tuple[bytes, str]] = field(default_factory=list)  # (path, reason)
+    scanned: int = 0
+    unchanged: int = 0
+
+
+def scan_changes(
+    root: bytes,
+    seen: set[bytes],
+    recorded: Callable[[bytes], tuple[int, int, str] | None],
+    hidden: bool = False,
+    retry_errors: bool = False,
+) -> RootChanges:
+    """Scan ``root`` and sort what it holds against an index, for one indexing run.
+
+    ``recorded(path)`` is the index's (size, mtime_ns, status) of a path, or None. A file
+    whose size and mtime match is unchanged (unless its status is an error and
+    ``retry_errors``); any other is to do. Paths already in ``seen`` (found under an
+    earlier root of the run) are passed over; the others are added to it.
+    """
+    out = RootChanges()
+    for found in scan(root, hidden=hidden):
+        if isinstance(found, Skipped):
+            out.skipped.append((found.path, found.reason))
+            continue
+        if found.path in seen:
+            continue
+        seen.add(found.path)
+        out.scanned += 1
+        row = recorded(found.path)
+        if (
+            row is not None
+            and row[0] == found.size
+            and row[1] == found.mtime_ns
+            and (row[2] == "ok" or not retry_errors)
+        ):
+            out.unchanged += 1
+        else:
+            out.todo.append(found)
+    return out
+
+
+def source_of(path: bytes, roots: list[bytes]) -> str:
+    """The root of this run that ``path`` was found under, as text (else the file's folder)."""
+    for root in roots:
+        if path == root or path.startswith(root.rstrip(b"/") + b"/"):
+            return os.fsdecode(root)
+    return os.fsdecode(os.path.dirname(path))
