@@ -54,7 +54,7 @@ def load_file(encoder: ImageEncoder, entry: FileEntry, known: frozenset[str] = f
         return out  # content already embedded: link it, no decode
     try:
         with recorded() as caught:  # not printed between progress lines
-            loaded = encoder.load_image(data)
+            loaded = encoder.load_image(data, name=entry.path)
             out.pixels = encoder.preprocess(loaded.image)
         out.width, out.height = loaded.width, loaded.height
         out.warning = warning_line(loaded.warnings + caught)
