@@ -35,6 +35,7 @@ import numpy as np
 from ..encode.base import Encoder, normalize
 from ..fingerprint import fingerprint_bytes
 from ..transparency import PIXELS_VERSION
+from .capture import backfill as backfill_capture
 from .collections import CollectionItem, LineProblem, item_key, read_collection
 from .file_load import LoadedFile as _Loaded
 from .file_load import load_file
@@ -192,6 +193,7 @@ class Indexer:
                 with self.catalog.transaction() as seq:
                     report.removed += self.catalog.delete_items([r.id for r in missing.values()], seq)
             self._refresh_pixels(report)
+            backfill_capture(self.catalog, roots_b)  # photos of a schema-1 index: dated once
             report.ann = self.index.update_ann(
                 progress=(lambda d, t: self.progress("ann", d, t)) if self.progress else None
             )
@@ -314,6 +316,7 @@ class Indexer:
                     "size": e.size,
                     "mtime_ns": e.mtime_ns,
                     "fingerprint": item.fingerprint,
+                    **item.capture_columns(),
                 }
                 if item.error is not None:
                     cat.upsert_item(
@@ -382,6 +385,7 @@ class Indexer:
                     height=item.height,
                     status="ok",
                     error=item.warning,
+                    **item.capture_columns(),
                 )
                 counts["indexed"] += 1
                 counts["warned"] += int(item.warning is not None)
