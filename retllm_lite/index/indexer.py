@@ -154,6 +154,8 @@ class Indexer:
         index.set_encoder(encoder.info)
         self.item_image_weight = index.set_item_image_weight(item_image_weight)
         self._pixels_checked = False
+        # defer(path, mtime_ns): True leaves a file out of this run, its old row kept (watch.py)
+        self.defer: Callable[[bytes, int], bool] | None = None
         if index.pixels_version() != PIXELS_VERSION and not index.pixels_outdated():
             index.set_pixels_version()  # no image vectors yet: every one is made the current way
 
@@ -223,6 +225,8 @@ class Indexer:
                 if found.path in seen:
                     continue
                 seen.add(found.path)
+                if self.defer is not None and self.defer(found.path, found.mtime_ns):
+                    continue  # still being written: a later run takes it
                 report.scanned += 1
                 row = under.get(found.path)
                 if (
