@@ -35,6 +35,7 @@ import numpy as np
 from ..encode.base import Encoder, normalize
 from ..fingerprint import fingerprint_bytes
 from ..transparency import PIXELS_VERSION
+from .capture import backfill as backfill_capture
 from .collections import CollectionItem, LineProblem, item_key, read_collection
 from .file_load import LoadedFile as _Loaded
 from .file_load import load_file
@@ -153,6 +154,8 @@ class Indexer:
         index.set_encoder(encoder.info)
         self.item_image_weight = index.set_item_image_weight(item_image_weight)
         self._pixels_checked = False
+        # defer(path, mtime_ns): True leaves a file out of this run, its old row kept (watch.py)
+        self.defer: Callable[[bytes, int], bool] | None = None
         if index.pixels_version() != PIXELS_VERSION and not index.pixels_outdated():
             index.set_pixels_version()  # no image vectors yet: every one is made the current way
 
@@ -192,6 +195,7 @@ class Indexer:
                 with self.catalog.transaction() as seq:
                     report.removed += self.catalog.delete_items([r.id for r in missing.values()], seq)
             self._refresh_pixels(report)
+            backfill_capture(self.catalog, roots_b)  # photos of a schema-1 index: dated once
             report.ann = self.index.update_ann(
                 progress=(lambda d, t: self.progress("ann", d, t)) if self.progress else None
             )
@@ -221,6 +225,8 @@ class Indexer:
                 if found.path in seen:
                     continue
                 seen.add(found.path)
+                if self.defer is not None and self.defer(found.path, found.mtime_ns):
+                    continue  # still being written: a later run takes it
                 report.scanned += 1
                 row = under.get(found.path)
                 if (
@@ -314,6 +320,7 @@ class Indexer:
                     "size": e.size,
                     "mtime_ns": e.mtime_ns,
                     "fingerprint": item.fingerprint,
+                    **item.capture_columns(),
                 }
                 if item.error is not None:
                     cat.upsert_item(
@@ -382,6 +389,7 @@ class Indexer:
                     height=item.height,
                     status="ok",
                     error=item.warning,
+                    **item.capture_columns(),
                 )
                 counts["indexed"] += 1
                 counts["warned"] += int(item.warning is not None)
