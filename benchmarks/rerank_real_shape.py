@@ -1,12 +1,13 @@
 """Fine-stage cost at a real model's shape: seconds per query, by direction, k and cache state.
 
     python benchmarks/rerank_real_shape.py [--shape qwen2-vl-2b|smolvlm-500m] [--type q4_k_m]
-        [--k 5 10] [--directions t2i i2t] [--reference float32|bfloat16|none]
+        [--mmproj-type q8_0|f16] [--k 5 10] [--directions t2i i2t] [--reference float32|bfloat16|none]
         [--threads N] [--image-size 448 448]
 
 Builds (once, cached under $RETLLM_BENCH_DIR) a random-weight checkout with the exact
 published architecture (``quantize/real_shape.py``), converts it with the same path as
-``retllm quantize vlm`` (text GGUF at ``--type``, f16 projector), then times one query
+``retllm quantize vlm`` (text GGUF at ``--type``, projector at ``--mmproj-type``: q8_0 by
+default, the file the registry's qwen2-vl-2b pulls; f16 as the issue's first figures), then times one query
 against k candidates, in this one run, in a subprocess of its own holding one scorer (so its
 peak RSS is the scorer's):
 
@@ -72,9 +73,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def model_dirs(shape: str, qtype: str) -> tuple[Path, Path]:
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def window_peak_rss_mb() -> float:
+    """Peak RSS since the last ``reset_peak_rss`` (VmHWM)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
+def timed_peak(fn, *args, **kwargs):
+    """``timed`` plus the peak RSS while ``fn`` ran."""
+    reset_peak_rss()
+    dt, out = timed(fn, *args, **kwargs)
+    return dt, out, window_peak_rss_mb()
+
+
+def model_dirs(shape: str, qtype: str, mmproj_type: str) -> tuple[Path, Path]:
     """(HF checkout, converted model folder), built once."""
-    out = BENCH_DIR / f"{shape}-{qtype}"
+    out = (
+        BENCH_DIR / f"{shape}-{qtype}"
+        if mmproj_type == "f16"
+        else BENCH_DIR / f"{shape}-{qtype}-{mmproj_type}"
+    )
     hf = BENCH_DIR / f"{shape}-hf"
     if not (hf / "config.json").is_file():
         from retllm_lite.quantize.real_shape import build_real_shape
@@ -87,10 +114,10 @@ def model_dirs(shape: str, qtype: str) -> tuple[Path, Path]:
         from retllm_lite.quantize.converter import get_converter
         from retllm_lite.quantize.vlm import convert_vlm
 
-        log(f"converting to {qtype} + f16 projector ...")
+        log(f"converting to {qtype} + {mmproj_type} projector ...")
         t = time.perf_counter()
         converter = get_converter(root=BENCH_DIR / "converter")
-        convert_vlm(hf, out, text_type=qtype, mmproj_type="f16", converter=converter,
+        convert_vlm(hf, out, text_type=qtype, mmproj_type=mmproj_type, converter=converter,
                     name=f"{shape}-random", n_threads=physical_cores())  # fmt: skip
         log(f"  converted in {time.perf_counter() - t:.0f} s")
     return hf, out
@@ -138,31 +165,33 @@ def run_llama(args: argparse.Namespace, model: Path, layouts_out: Path) -> dict:
     result: dict = {"threads": threads, "cases": {}}
     layouts: dict = {}
     scorer = LlamaMtmdScorer(files.model, files.mmproj, n_threads=threads)
+    result["rss_after_load_mb"] = window_peak_rss_mb()
     with tempfile.TemporaryDirectory() as tmp, scorer as sc:
         for name, queries, cands in cases(args.k, args.directions, size):
             states = StateCache("bench", root=Path(tmp) / name, disk_mb=16384)
             sc.clear_caches()
             sc.state_cache = states
             rows: dict[str, float] = {}
+            peaks: dict[str, float] = {}  # peak RSS (MiB) within each state's query
             q0, q1 = queries[0], queries[min(1, len(queries) - 1)]
-            rows["naive"], naive = timed(sc.answer_probs, q0, cands, fast=False)
+            rows["naive"], naive, peaks["naive"] = timed_peak(sc.answer_probs, q0, cands, fast=False)
             sc.clear_caches()
-            rows["cold"], cold = timed(sc.answer_probs, q0, cands)
+            rows["cold"], cold, peaks["cold"] = timed_peak(sc.answer_probs, q0, cands)
             diffs = {"cold_vs_naive": max_diff(cold, naive)}
             if name.startswith("t2i"):
                 sc.state_cache = None  # embeddings known, no KV states
                 sc.clear_caches(embeddings=False)
-                rows["prepared"], prepared = timed(sc.answer_probs, q1, cands)
+                rows["prepared"], prepared, peaks["prepared"] = timed_peak(sc.answer_probs, q1, cands)
                 sc.state_cache = states
                 restored = sc.stats.states_restored
-                rows["warm"], warm = timed(sc.answer_probs, q1, cands)
+                rows["warm"], warm, peaks["warm"] = timed_peak(sc.answer_probs, q1, cands)
                 diffs["warm_vs_prepared"] = max_diff(warm, prepared)
                 restored = sc.stats.states_restored - restored
                 state_bytes = [p.stat().st_size for p in (Path(tmp) / name).glob("*.kv")]
             else:
                 sc.clear_caches(embeddings=False)  # the query image's embeddings stay
-                rows["prepared"], prepared = timed(sc.answer_probs, q0, cands)
-                rows["warm"], warm = timed(sc.answer_probs, q0, cands)  # prefix held
+                rows["prepared"], prepared, peaks["prepared"] = timed_peak(sc.answer_probs, q0, cands)
+                rows["warm"], warm, peaks["warm"] = timed_peak(sc.answer_probs, q0, cands)  # prefix held
                 diffs["prepared_vs_naive"] = max_diff(prepared, naive)
                 diffs["warm_vs_naive"] = max_diff(warm, naive)
                 restored, state_bytes = 0, []
@@ -171,6 +200,7 @@ def run_llama(args: argparse.Namespace, model: Path, layouts_out: Path) -> dict:
             total_tokens = [sum(s.n_tokens if s.kind == "image" else len(s.tokens) for s in p) for p in segs]
             result["cases"][name] = {
                 "seconds_per_query": rows,
+                "peak_rss_mb": peaks,
                 "max_abs_p_true_diff": diffs,
                 "states_restored": restored,
                 "kv_state_bytes_per_image": max(state_bytes, default=0),
@@ -230,6 +260,7 @@ def run_reference(args: argparse.Namespace, hf: Path, layouts_in: Path, budget: 
 
 def child(part: str, args: argparse.Namespace, *paths: Path) -> dict:
     cmd = [sys.executable, __file__, "--part", part, "--shape", args.shape, "--type", args.type,
+           "--mmproj-type", args.mmproj_type,
            "--k", *map(str, args.k), "--directions", *args.directions, "--reference", args.reference,
            "--image-size", *map(str, args.image_size), "--paths", *map(str, paths)]  # fmt: skip
     if args.threads:
@@ -242,6 +273,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="qwen2-vl-2b", choices=sorted(KINDS))
     ap.add_argument("--type", default="q4_k_m")
+    ap.add_argument("--mmproj-type", default="q8_0", choices=["q8_0", "f16"],
+                    help="projector type (q8_0: the registry's qwen2-vl-2b file)")  # fmt: skip
     ap.add_argument("--k", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--directions", nargs="+", default=["t2i", "i2t"], choices=["t2i", "i2t"])
     ap.add_argument("--reference", default="float32", choices=["float32", "bfloat16", "none"])
@@ -259,7 +292,7 @@ def main() -> None:
         print(json.dumps(run_reference(args, Path(args.paths[0]), Path(args.paths[1]), budget)))
         return
 
-    hf, model = model_dirs(args.shape, args.type)
+    hf, model = model_dirs(args.shape, args.type, args.mmproj_type)
     with tempfile.TemporaryDirectory() as tmp:
         layouts, budget = Path(tmp) / "layouts.json", Path(tmp) / "budget.json"
         log(f"llama.cpp ({args.type}), one scorer:")
@@ -297,7 +330,7 @@ def main() -> None:
         "benchmark": "rerank_real_shape",
         "shape": args.shape,
         "text_type": args.type,
-        "mmproj_type": "f16",
+        "mmproj_type": args.mmproj_type,
         "random_weights": True,
         "image_size": args.image_size,
         "table": table,
@@ -308,14 +341,19 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     rss = llama["peak_rss_mb"]
-    log(f"{args.shape} {args.type}, {llama['threads']} threads, peak RSS {rss:.0f} MB (one scorer)")
+    log(
+        f"{args.shape} {args.type} + {args.mmproj_type} projector, {llama['threads']} threads, "
+        f"peak RSS {rss:.0f} MiB (one scorer; {llama['rss_after_load_mb']:.0f} after loading)"
+    )
     for name, row in table.items():
         c = llama["cases"][name]
         n_img, n_pair = c["image_tokens_per_image"], c["prompt_tokens_per_pair"]
         log(f"{name} ({n_img} image tokens an image, {n_pair} a pair):")
         for k, v in row["seconds_per_query"].items():
             vs_tf = f"   {row['ratios_vs_transformers'][k]:5.1f}x transformers" if reference else ""
-            log(f"  {k:<13} {v:8.2f} s/query   {row['ratios_vs_naive'][k]:5.1f}x naive{vs_tf}")
+            peak = c["peak_rss_mb"].get(k)
+            rss_s = f"   peak {peak:5.0f} MiB" if peak else ""
+            log(f"  {k:<13} {v:8.2f} s/query   {row['ratios_vs_naive'][k]:5.1f}x naive{vs_tf}{rss_s}")
     vision = llama["vision_encoder_ms_per_image"]
     log(f"vision encoder {vision:.0f} ms an image; prefill {prefill or 0:.0f} tokens/s")
 

@@ -171,7 +171,7 @@ def verify(name_or_path: str | os.PathLike, force: bool = True) -> list[dict[str
     """Check a model's files against its pull record and manifest; one row per file.
 
     ``force`` re-hashes every file; without it a file unchanged (size, mtime) since its
-    last successful check is taken as verified (retllm_lite.integrity).
+    last successful check is taken as verified (retllm_lite.hashing).
     """
     from ..hashing import verify_file
 

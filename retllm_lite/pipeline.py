@@ -20,6 +20,7 @@ from .encode.base import ImageSource
 from .errors import BadInput, ModelNotFound
 from .index.backend import SearchIndex, open_index
 from .index.catalog import ItemRow
+from .index.dates import NO_DATE, item_date
 from .paths import models_dir
 
 DEFAULT_IMAGE_WEIGHT = 0.5
@@ -67,6 +68,10 @@ class SearchHit:
     entropy: float | None = None
     vocab_entropy: float | None = None
     enhanced: bool | None = None
+    # when it was taken (index/dates.py): the EXIF capture time, else the file's mtime
+    date: str | None = None  # "YYYY-MM-DDTHH:MM:SS", local
+    date_source: str | None = None  # "exif" | "mtime"
+    camera: str | None = None
 
     def to_dict(self) -> dict:
         """Every field, always (absent values are None): a stable schema for --json."""
@@ -228,6 +233,7 @@ class Retriever:
         for row, score in self.index.search(query, k, keep if tests else None):
             if threshold is not None and score < threshold:
                 break
+            when = item_date(row)
             hits.append(
                 SearchHit(
                     rank=len(hits) + 1,
@@ -241,6 +247,7 @@ class Retriever:
                     item_id=row.item_id,
                     width=row.width,
                     height=row.height,
+                    **(when.to_dict() if when is not None else NO_DATE),
                 )
             )
         if rerank is not None:

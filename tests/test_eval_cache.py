@@ -17,7 +17,7 @@ from retllm_lite.rerank.scorer import PassScores
 from retllm_lite.transparency import PIXELS_VERSION
 
 
-def test_file_sha256_is_remembered_until_the_file_changes(tmp_path):
+def test_cached_sha256_is_remembered_until_the_file_changes(tmp_path):
     f = tmp_path / "model.gguf"
     f.write_bytes(b"first")
     assert cached_sha256(f) == hashlib.sha256(b"first").hexdigest()

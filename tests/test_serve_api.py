@@ -35,6 +35,9 @@ HIT_FIELDS = (
     "entropy",
     "vocab_entropy",
     "enhanced",
+    "date",
+    "date_source",
+    "camera",
 )
 
 
@@ -129,12 +132,19 @@ def test_item_view_has_path_dates_and_exif(served):
     item = served.get_json(f"/api/items/{hit['id']}")
     assert item["path"] == hit["path"] and item["name"] == "p0.jpg"
     assert item["folder"] == str(served.photos / "garden") and (item["width"], item["height"]) == (480, 360)
+    # from the catalog (recorded at indexing), not read from the file again
     assert item["exif"] == {
-        "datetime_original": "2023:06:14 09:30:00",
-        "make": "TestMake",
-        "model": "Model <b>&amp;</b>",
+        "datetime_original": "2023-06-14T09:30:00",
+        "camera": "TestMake Model <b>&amp;</b>",
     }
-    assert item["date"] == "2023-06-01T12:00:00" and item["date_source"] == "mtime"
+    assert item["date"] == "2023-06-14T09:30:00" and item["date_source"] == "exif"
+    assert item["camera"] == "TestMake Model <b>&amp;</b>"
+    assert hit["date"] == item["date"] and hit["date_source"] == "exif" and hit["camera"] == item["camera"]
+    # another photo of that album has no EXIF: its file date, marked as such
+    other = next(h for h in hits if h["path"].endswith("garden/p1.jpg"))
+    assert (
+        other["date"] == "2023-06-02T12:00:00" and other["date_source"] == "mtime" and other["camera"] is None
+    )
     served.get_json("/api/items/999999", expect=404)
 
 

@@ -78,6 +78,12 @@ from .output import emit_json, emit_table, output_options
     show_default=True,
     help="LanceDB index: rows per commit (what an interrupted run keeps).",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep going: index files as they appear, change, move or disappear (Ctrl-C stops, "
+    "everything committed).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @offline_option
 @output_options()
@@ -98,6 +104,7 @@ def index_cmd(
     ray_address,
     ray_workers,
     commit_rows,
+    watch,
     progress,
     offline,
     output_format,
@@ -107,10 +114,8 @@ def index_cmd(
     New and changed files are embedded, deleted ones dropped, moved ones recognised by
     content. Interrupt at any time: the next run resumes where this one stopped.
     """
-    from ..encode import load_encoder
     from ..index.backend import is_lance, make_indexer, open_index
     from ..index.report import IndexReport
-    from ..models.store import resolve_clip_dir
 
     if list_errors:
         with open_index(index_path) as idx:
@@ -125,6 +130,10 @@ def index_cmd(
         return
     if not folders and not texts and not items:
         raise click.UsageError("give a FOLDER, --texts FILE or --items FILE to index (or --errors)")
+    if watch and (not folders or texts or items or is_lance(index_path) or ray_address is not None):
+        raise click.UsageError(
+            "--watch follows photo FOLDERS into a local index (not --texts/--items, lance: or --ray)"
+        )
     ray = None
     if ray_address is not None or ray_workers is not None:
         if not is_lance(index_path):
@@ -136,19 +145,18 @@ def index_cmd(
         if not path.exists():
             raise click.BadParameter(f"{path}: no such file or folder", param_hint="FOLDERS")
     # The model first: if it cannot be had, no index folder is left behind.
-    built = _built_with(index_path)
-    if clip_model is None and built is not None:
-        encoder = load_encoder(resolve_clip_dir(built.location), variant=variant or built.variant)
-    else:
-        from ..models.pull import ensure_clip
-
-        # First run: a registry model not on disk is downloaded (announced on stderr).
-        clip_model = ensure_clip(
-            clip_model, offline=offline, announce=announce, progress=progress_enabled(progress)
+    encoder = encoder_for_index(index_path, clip_model, variant, offline, progress)
+    if watch:
+        _watch(
+            folders,
+            index_path,
+            encoder,
+            wait,
+            output_format,
+            progress_enabled(progress),
+            **{"batch_size": batch_size, "workers": workers, "hidden": hidden, "retry_errors": retry_errors},
         )
-        encoder = load_encoder(
-            resolve_clip_dir(clip_model), variant=variant or (built.variant if built else None)
-        )
+        return
     lance_only = {"commit_rows": commit_rows, "ray": ray} if is_lance(index_path) else {}
     with open_index(index_path, writable=True, wait=wait) as idx:
         bars = Bars(progress_enabled(progress))
@@ -184,6 +192,83 @@ def index_cmd(
             err=True,
         )
         sys.exit(130)
+
+
+def encoder_for_index(index_path, clip_model, variant, offline, progress):
+    """The encoder to index with: the one the index was built with, else ``clip_model`` (pulled if needed)."""
+    from ..encode import load_encoder
+    from ..models.store import resolve_clip_dir
+
+    built = _built_with(index_path)
+    if clip_model is None and built is not None:
+        return load_encoder(resolve_clip_dir(built.location), variant=variant or built.variant)
+    from ..models.pull import ensure_clip
+
+    # First run: a registry model not on disk is downloaded (announced on stderr).
+    clip_model = ensure_clip(
+        clip_model, offline=offline, announce=announce, progress=progress_enabled(progress)
+    )
+    return load_encoder(resolve_clip_dir(clip_model), variant=variant or (built.variant if built else None))
+
+
+def report_changed(report) -> bool:
+    """Whether a watch sync did anything worth a line."""
+    return bool(
+        report.indexed
+        or report.moved
+        or report.copied
+        or report.removed
+        or report.failed
+        or report.interrupted
+    )
+
+
+def _watch(folders, index_path, encoder, wait, output_format, bars_on, **indexer_options) -> None:
+    """``retllm index FOLDERS --watch``: sync, then follow the folders until Ctrl-C or SIGTERM."""
+    import threading
+
+    from ..index.backend import open_index
+    from ..index.indexer import Indexer
+    from ..index.watch import FolderWatcher
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: now
+        stop.set()
+        click.echo("Stopping after the batch in flight is committed (Ctrl-C again: now).", err=True)
+
+    def on_report(report) -> None:
+        if output_format in ("json", "nl"):
+            emit_json({**report.to_dict(), "index": idx.location}, "nl")
+        elif report_changed(report) or first[0]:
+            _print_report(report, idx.location)
+        first[0] = False
+
+    first = [True]
+    with open_index(index_path, writable=True, wait=wait) as idx:
+        bars = Bars(bars_on)
+        indexer = Indexer(idx, encoder, progress=bars, **indexer_options)
+        watcher = FolderWatcher(indexer, [str(f) for f in folders], on_report=on_report, stop=stop)
+        old_int = signal.signal(signal.SIGINT, on_signal)
+        old_term = signal.signal(signal.SIGTERM, on_signal)
+        try:
+            if output_format not in ("json", "nl"):
+                click.echo(f"Watching {', '.join(map(str, folders))} (Ctrl-C stops).", err=True)
+            interrupted = watcher.run()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            bars.close()
+    if interrupted:
+        click.echo(
+            "Interrupted: committed batches are saved. Run the same command again to resume.", err=True
+        )
+        sys.exit(130)
+    click.echo("Stopped: everything seen is committed.", err=True)
 
 
 def _built_with(index_path):

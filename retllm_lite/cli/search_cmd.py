@@ -7,11 +7,28 @@ from pathlib import Path
 
 import click
 
+from ..errors import BadInput
 from . import app
 from .app import announce, cli, clip_option, index_option, offline_option, progress_enabled, variant_option
 from .output import emit_json, emit_paths, emit_table, output_options
 from .rerank_options import rerank_options
 from .view import view_options
+
+
+class DateBound(click.ParamType):
+    """YYYY, YYYY-MM or YYYY-MM-DD, checked when parsed (a bad one is a one-line usage error)."""
+
+    name = "DATE"
+
+    def convert(self, value, param, ctx):
+        from ..errors import BadInput
+        from ..index.dates import DATE_FORMS, parse_date_bound
+
+        try:
+            parse_date_bound(value, param.opts[0] if param else "date")
+        except BadInput:
+            self.fail(f"{value!r} is not a date: {DATE_FORMS}", param, ctx)
+        return value
 
 
 @cli.command("search")
@@ -37,6 +54,18 @@ from .view import view_options
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
 @click.option(
+    "--after",
+    type=DateBound(),
+    help="Only photos taken in or after this YYYY, YYYY-MM or YYYY-MM-DD "
+    "(EXIF capture time, else file mtime).",
+)
+@click.option(
+    "--before",
+    type=DateBound(),
+    help="Only photos taken before this YYYY, YYYY-MM or YYYY-MM-DD "
+    "(--after 2023-06 --before 2023-09: June-August).",
+)
+@click.option(
     "--modality",
     type=click.Choice(["image", "text", "image+text"]),
     help="Only results of this kind (e.g. text: image-to-caption retrieval).",
@@ -61,6 +90,8 @@ def search_cmd(
     threshold,
     include,
     exclude,
+    after,
+    before,
     modality,
     index_path,
     clip_model,
@@ -72,10 +103,20 @@ def search_cmd(
     rerank,
 ):
     """Find photos (or captions, or image+text items) matching TEXT and/or an --image."""
+    from ..index.backend import is_lance
+    from ..index.dates import date_filter
     from ..pipeline import Retriever
 
     if not text and image is None:
         raise click.UsageError("give a TEXT query, --image PATH, or both")
+    if (after or before) and is_lance(index_path):
+        raise click.UsageError(
+            "--after/--before need a local index: LanceDB indexes do not record capture dates yet"
+        )
+    try:
+        where = date_filter(after, before)
+    except BadInput as exc:
+        raise click.UsageError(str(exc)) from None
     if clip_model is not None:
         from ..models.pull import ensure_clip
 
@@ -109,6 +150,7 @@ def search_cmd(
                     include=include,
                     exclude=exclude,
                     modality=modality,
+                    where=where,
                     rerank=rerank.options if rerank is not None else None,
                 )
         finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import click
 
 from ..errors import require
@@ -52,6 +55,13 @@ from .runtime_options import vlm_runtime_options
     help="Largest query image accepted.",
 )
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@click.option(
+    "--watch",
+    "watch_folders",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Keep this photo FOLDER indexed while serving, as 'retllm index FOLDER --watch' (repeatable).",
+)
 @vlm_runtime_options
 def serve_cmd(
     index_path,
@@ -67,6 +77,7 @@ def serve_cmd(
     rerank,
     max_upload_mb,
     open_browser,
+    watch_folders,
     vlm_runtime,
 ):
     """Search and browse the index in a web browser (a local app; JSON API under /api/)."""
@@ -92,7 +103,10 @@ def serve_cmd(
         default_k=k,
         rerank_default=rerank,
     )
+    follower = _Follower(watch_folders, index_path, clip_model, variant, offline) if watch_folders else None
     served = ServedIndex(settings)
+    if follower is not None:
+        follower.start()
     try:
         sock = bind_socket(host, port)
         bound = sock.getsockname()[1]
@@ -108,7 +122,64 @@ def serve_cmd(
             webbrowser.open(url)
         run(create_app(served, policy, {"port": bound}), sock)
     finally:
+        if follower is not None:
+            follower.close()
         served.close()
+
+
+class _Follower:
+    """``--watch``: the folders kept indexed by ``index/watch.py`` in a thread of its own.
+
+    A new index is built in the foreground first (there is nothing to serve before); an
+    existing one is served at once while the watcher brings it up to date. SQLite handles
+    belong to their thread, so the watcher opens its own writable index there.
+    """
+
+    def __init__(self, folders, index_path, clip_model, variant, offline):
+        from ..index.backend import is_lance, open_index
+        from ..index.indexer import Indexer
+        from .index_cmd import _built_with, _print_report, encoder_for_index
+
+        if is_lance(index_path):
+            raise click.UsageError("--watch follows photo folders into a local index, not lance:")
+        self.folders = [str(f) for f in folders]
+        self.index_path = index_path
+        self.encoder = encoder_for_index(index_path, clip_model, variant, offline, False)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.print_report = _print_report
+        if _built_with(index_path) is None:
+            click.echo(f"Indexing {', '.join(self.folders)} before serving...", err=True)
+            with open_index(index_path, writable=True) as idx:
+                _print_report(Indexer(idx, self.encoder).index_folders(self.folders), idx.location)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="retllm-watch", daemon=True)
+        self.thread.start()
+        click.echo(f"watching {', '.join(self.folders)}", err=True)
+
+    def _run(self) -> None:
+        from ..errors import RetllmError
+        from ..index.backend import open_index
+        from ..index.indexer import Indexer
+        from ..index.watch import FolderWatcher
+        from .index_cmd import report_changed
+
+        try:
+            with open_index(self.index_path, writable=True, wait=5.0) as idx:
+
+                def on_report(report) -> None:
+                    if report_changed(report):
+                        self.print_report(report, idx.location)
+
+                FolderWatcher(Indexer(idx, self.encoder), self.folders, on_report, stop=self.stop).run()
+        except RetllmError as exc:  # e.g. another indexer holds the index: serving goes on
+            click.echo(f"retllm serve --watch stopped: {exc}", err=True)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=120)
 
 
 def _scorer_factory(vlm_model, mmproj, offline, runtime):

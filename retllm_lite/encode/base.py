@@ -61,8 +61,11 @@ class PixelEncoder(Encoder, Protocol):
 
     preprocess_config: PreprocessConfig
 
-    def load_image(self, source: ImageSource) -> LoadedImage:
-        """Decode an image (EXIF-rotated, fast JPEG decode where it keeps parity)."""
+    def load_image(self, source: ImageSource, name: str | bytes | os.PathLike | None = None) -> LoadedImage:
+        """Decode an image (EXIF-rotated, fast JPEG decode where it keeps parity).
+
+        ``name``: the file name of ``source`` bytes (RAW files are told apart by it).
+        """
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One image -> float32 [3, H, W], ready for ``embed_pixels``."""

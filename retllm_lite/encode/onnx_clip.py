@@ -8,6 +8,7 @@ loads the image tower.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,8 +83,8 @@ class OnnxClipEncoder:
             self._tokenizer = make_tokenizer(self.manifest.tokenizer, self.manifest.directory)
         return self._tokenizer
 
-    def load_image(self, source: ImageSource) -> LoadedImage:
-        return load_image(source, self.preprocess_config.short_side, self.draft_factor)
+    def load_image(self, source: ImageSource, name: str | bytes | os.PathLike | None = None) -> LoadedImage:
+        return load_image(source, self.preprocess_config.short_side, self.draft_factor, name=name)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess(image, self.preprocess_config)

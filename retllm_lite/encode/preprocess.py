@@ -23,6 +23,8 @@ from PIL import Image, ImageOps
 
 from ..pil_warnings import recorded
 from ..transparency import flatten_transparency
+from . import formats
+from .raw_decode import RawDecodeError, decode_raw
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -140,19 +142,33 @@ def load_image(
     source: str | os.PathLike | bytes | Image.Image,
     target_size: int | None = None,
     draft_factor: float | None = 2.0,
+    name: str | bytes | os.PathLike | None = None,
 ) -> LoadedImage:
     """Open and fully decode an image, EXIF orientation applied.
 
     With ``target_size`` and ``draft_factor``, a JPEG is decoded at the smallest DCT scale
     (1/2, 1/4, 1/8) that keeps its short side >= draft_factor * target_size.
-    Raises ImageLoadError with a one-line reason for anything unreadable. What Pillow
-    warns about meanwhile is in ``LoadedImage.warnings``, not printed.
+    ``name`` is the file name of ``source`` bytes (a path source is its own name): camera
+    RAW files are recognised by it and decoded by LibRaw (``raw_decode.py``); HEIC/HEIF
+    needs pillow-heif (``formats.py``). Raises ImageLoadError with a one-line reason for
+    anything unreadable. What Pillow warns about meanwhile is in ``LoadedImage.warnings``,
+    not printed.
     """
     if isinstance(source, Image.Image):
         img = source
         img.load()
         width, height = img.size
         return LoadedImage(img, width, height, img.format)
+    if name is None and not isinstance(source, bytes):
+        name = source
+    kind = formats.kind_of(name) if name is not None else None
+    missing = formats.missing_decoder(name) if kind in ("heif", "raw", "avif") else None
+    if missing is not None:
+        raise ImageLoadError(missing)
+    if kind == "raw":
+        return _load_raw(source, target_size, draft_factor)
+    if kind in (None, "heif"):
+        formats.register_heif()  # bytes of unknown kind may be HEIC (an uploaded query image)
     try:
         with recorded(raise_for=(Image.DecompressionBombWarning,)) as caught:
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
@@ -175,10 +191,33 @@ def load_image(
     except Image.UnidentifiedImageError:
         raise ImageLoadError("not an image PIL can read (unknown format or not an image)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageLoadError(f"cannot decode image: {exc}") from None
+        raise ImageLoadError(f"cannot decode image: {_one_line(exc)}") from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return LoadedImage(img, width, height, fmt, warnings=caught)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A decoder's message as one line (libheif's end with a newline), at most 300 characters."""
+    return " ".join(str(exc).split())[:300]
+
+
+def _load_raw(source: str | os.PathLike | bytes, target_size: int | None, draft_factor: float | None):
+    """A camera RAW file through LibRaw, with the same guards and one-line errors as the rest."""
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        min_short = math.ceil(target_size * draft_factor) if target_size and draft_factor else None
+        with recorded(raise_for=(Image.DecompressionBombWarning,)) as caught:
+            raw = decode_raw(data, min_short)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"image too large to decode safely: {exc}") from None
+    except RawDecodeError as exc:
+        raise ImageLoadError(str(exc)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError("cannot decode camera RAW: its embedded preview is not an image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageLoadError(f"cannot decode camera RAW: {_one_line(exc)}") from None
+    return LoadedImage(raw.image, raw.width, raw.height, "RAW", info={"raw": raw.how}, warnings=caught)
 
 
 def _resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:

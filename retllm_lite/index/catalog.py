@@ -11,6 +11,13 @@ holding an older ANN snapshot can bring it up to date from the catalog alone.
 
 Paths are stored as raw file-system bytes (BLOB), so names that are not valid UTF-8
 round-trip exactly.
+
+Schema 2 added each photo's capture time and camera (``taken``, ``taken_source``,
+``camera``; see ``capture.py``). The migration only adds the columns (instant, at any
+size): the rows of a schema-1 index have ``taken_source`` NULL, meaning "not read yet",
+and are dated from their mtime until the next ``retllm index`` over their folder reads
+their EXIF (``capture.backfill``; no re-embedding). A schema-1 catalog opened read-only (a
+search before that run) reads as if those columns were NULL.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 
 from ..errors import IndexCorrupt, IndexNotFound, IndexWriteError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CATALOG_NAME = "catalog.sqlite3"
 
 
@@ -79,7 +86,21 @@ def _migrate_1(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [_migrate_1]  # index i upgrades schema i -> i + 1; forward only
+def _migrate_2(db: sqlite3.Connection) -> None:
+    # capture time and camera (capture.py); NULL taken_source: not read yet (schema-1 rows)
+    _run_script(
+        db,
+        """
+        ALTER TABLE items ADD COLUMN taken TEXT;         -- EXIF capture time, camera-local ISO
+        ALTER TABLE items ADD COLUMN taken_source TEXT;  -- 'exif' | 'mtime' | NULL (not read yet)
+        ALTER TABLE items ADD COLUMN camera TEXT;        -- EXIF make and model
+        """,
+    )
+
+
+MIGRATIONS = [_migrate_1, _migrate_2]  # index i upgrades schema i -> i + 1; forward only
+# columns each schema version added to items, for reading an older catalog read-only
+_ADDED_COLUMNS = {2: ("taken", "taken_source", "camera")}
 
 
 @dataclass
@@ -101,6 +122,9 @@ class ItemRow:
     vector_label: int | None
     vec_seq: int | None
     updated_at: float
+    taken: str | None = None  # schema 2: EXIF capture time ("YYYY-MM-DDTHH:MM:SS", camera-local)
+    taken_source: str | None = None  # "exif" | "mtime" | None (not read yet)
+    camera: str | None = None
 
     @property
     def fs_path(self) -> Path | None:
@@ -117,6 +141,7 @@ class Catalog:
         self.db = db
         self.path = path
         self.readonly = readonly
+        self._select = _COLUMNS
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -170,15 +195,17 @@ class Catalog:
             )
         if version == SCHEMA_VERSION:
             return
-        if self.readonly and version == 0:
+        if self.readonly and version >= 1:
+            # an older catalog read as it is: the columns added since read as NULL
+            missing = {c for v in range(version + 1, SCHEMA_VERSION + 1) for c in _ADDED_COLUMNS.get(v, ())}
+            self._select = ", ".join(
+                f"NULL AS {c}" if c in missing else c for c in ItemRow.__dataclass_fields__
+            )
+            return
+        if self.readonly:
             raise IndexNotFound(
                 f"{self.path.parent}: the index is empty (being created, or its creation was interrupted)",
                 hint="run 'retllm index FOLDER' to build it",
-            )
-        if self.readonly:
-            raise IndexCorrupt(
-                f"{self.path}: catalog schema {version} needs an upgrade",
-                hint="run 'retllm index' once with write access to upgrade it",
             )
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -249,7 +276,7 @@ class Catalog:
             yield ItemRow(*r)
 
     def get(self, item_id: int) -> ItemRow | None:
-        return next(self._rows(f"SELECT {_COLUMNS} FROM items WHERE id=?", (item_id,)), None)
+        return next(self._rows(f"SELECT {self._select} FROM items WHERE id=?", (item_id,)), None)
 
     def get_many(self, ids: Iterable[int]) -> dict[int, ItemRow]:
         ids = list(ids)
@@ -257,12 +284,12 @@ class Catalog:
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self._rows(f"SELECT {_COLUMNS} FROM items WHERE id IN ({marks})", chunk):
+            for row in self._rows(f"SELECT {self._select} FROM items WHERE id IN ({marks})", chunk):
                 out[row.id] = row
         return out
 
     def by_key(self, key: bytes) -> ItemRow | None:
-        return next(self._rows(f"SELECT {_COLUMNS} FROM items WHERE key=?", (key,)), None)
+        return next(self._rows(f"SELECT {self._select} FROM items WHERE key=?", (key,)), None)
 
     def items_under(self, root: bytes) -> Iterator[ItemRow]:
         """Image files indexed from folders, inside ``root`` (raw bytes, no trailing slash).
@@ -271,26 +298,26 @@ class Catalog:
         """
         prefix = root.rstrip(b"/") + b"/"
         yield from self._rows(
-            f"SELECT {_COLUMNS} FROM items WHERE key = path AND substr(path, 1, ?) = ?",
+            f"SELECT {self._select} FROM items WHERE key = path AND substr(path, 1, ?) = ?",
             (len(prefix), prefix),
         )
 
     def items_from_source(self, source: str) -> Iterator[ItemRow]:
         """Items of a collection file (keys b'item:...'; folder images are keyed by their path)."""
         yield from self._rows(
-            f"SELECT {_COLUMNS} FROM items WHERE source=? AND substr(key, 1, 5) = ?", (source, b"item:")
+            f"SELECT {self._select} FROM items WHERE source=? AND substr(key, 1, 5) = ?", (source, b"item:")
         )
 
     def all_items(self, status: str | None = None) -> Iterator[ItemRow]:
         if status:
-            yield from self._rows(f"SELECT {_COLUMNS} FROM items WHERE status=? ORDER BY id", (status,))
+            yield from self._rows(f"SELECT {self._select} FROM items WHERE status=? ORDER BY id", (status,))
         else:
-            yield from self._rows(f"SELECT {_COLUMNS} FROM items ORDER BY id")
+            yield from self._rows(f"SELECT {self._select} FROM items ORDER BY id")
 
     def warned_items(self) -> Iterator[ItemRow]:
         """Indexed items whose decoder warned (the warning is in ``error``)."""
         yield from self._rows(
-            f"SELECT {_COLUMNS} FROM items WHERE status='ok' AND error IS NOT NULL ORDER BY id"
+            f"SELECT {self._select} FROM items WHERE status='ok' AND error IS NOT NULL ORDER BY id"
         )
 
     def vector_for_fingerprint(self, fingerprint: str, modality: str) -> tuple[int, bytes] | None:
@@ -400,6 +427,21 @@ class Catalog:
         elif existing is not None and existing.vector_label is not None:
             self._drop_vector(item_id, seq)
         return item_id
+
+    def set_capture(self, item_id: int, taken: str | None, source: str, camera: str | None) -> None:
+        """Record a photo's capture time and camera (its content and vector unchanged)."""
+        self.db.execute(
+            "UPDATE items SET taken=?, taken_source=?, camera=? WHERE id=?", (taken, source, camera, item_id)
+        )
+
+    def undated_under(self, root: bytes) -> Iterator[ItemRow]:
+        """Indexed images under ``root`` (or that file) whose capture time was never read."""
+        prefix = root.rstrip(b"/") + b"/"
+        yield from self._rows(
+            f"SELECT {self._select} FROM items WHERE taken_source IS NULL AND status='ok' "
+            "AND modality='image' AND key = path AND (path = ? OR substr(path, 1, ?) = ?)",
+            (root, len(prefix), prefix),
+        )
 
     def replace_vector(self, item_id: int, seq: int, vector: np.ndarray) -> None:
         """A new vector for an item whose content did not change (the way pixels are made did)."""

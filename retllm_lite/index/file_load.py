@@ -16,6 +16,7 @@ from ..encode.base import PixelEncoder
 from ..encode.preprocess import ImageLoadError
 from ..hashing import fingerprint_bytes
 from ..pil_warnings import recorded
+from .capture import Capture, read_capture
 from .scan import FileEntry
 
 
@@ -28,6 +29,11 @@ class LoadedFile:
     height: int | None = None
     error: str | None = None
     warning: str | None = None  # what the decoder warned about (one line), for an ok image
+    capture: Capture | None = None  # EXIF capture time and camera (None: the file was not read)
+
+    def capture_columns(self) -> dict[str, str | None]:
+        """The catalog's capture columns for this file (empty when it could not be read)."""
+        return self.capture.columns() if self.capture is not None else {}
 
 
 def warning_line(messages: list[str]) -> str | None:
@@ -50,11 +56,12 @@ def load_file(encoder: PixelEncoder, entry: FileEntry, known: frozenset[str] = f
         out.error = "empty file (0 bytes)"
         return out
     out.fingerprint = fingerprint_bytes(data)
+    out.capture = read_capture(data, entry.path)
     if out.fingerprint in known:
         return out  # content already embedded: link it, no decode
     try:
         with recorded() as caught:  # not printed between progress lines
-            loaded = encoder.load_image(data)
+            loaded = encoder.load_image(data, name=entry.path)
             out.pixels = encoder.preprocess(loaded.image)
         out.width, out.height = loaded.width, loaded.height
         out.warning = warning_line(loaded.warnings + caught)

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..encode.base import PixelEncoder
 from ..transparency import PIXELS_VERSION
+from .capture import backfill as backfill_capture
 from .collection_indexer import CollectionIndexer
 from .file_load import LoadedFile as _Loaded
 from .file_load import load_file
@@ -72,6 +73,8 @@ class Indexer:
         index.set_encoder(encoder.info)
         self.item_image_weight = index.set_item_image_weight(item_image_weight)
         self._pixels_checked = False
+        # defer(path, mtime_ns): True leaves a file out of this run, its old row kept (watch.py)
+        self.defer: Callable[[bytes, int], bool] | None = None
         if index.pixels_version() != PIXELS_VERSION and not index.pixels_outdated():
             index.set_pixels_version()  # no image vectors yet: every one is made the current way
         self._collections = CollectionIndexer(
@@ -121,6 +124,7 @@ class Indexer:
                 with self.catalog.transaction() as seq:
                     report.removed += self.catalog.delete_items([r.id for r in missing.values()], seq)
             self._refresh_pixels(report)
+            backfill_capture(self.catalog, roots_b)  # photos of a schema-1 index: dated once
             report.ann = self.index.update_ann(
                 progress=(lambda d, t: self.progress("ann", d, t)) if self.progress else None
             )
@@ -146,7 +150,9 @@ class Indexer:
                 row = self.catalog.by_key(root)
                 if row is not None:
                     under[row.key] = row
-            found = scan_changes(root, seen, recorded, hidden=self.hidden, retry_errors=self.retry_errors)
+            found = scan_changes(
+                root, seen, recorded, hidden=self.hidden, retry_errors=self.retry_errors, defer=self.defer
+            )
             todo += found.todo
             report.count_scan(found)
             with self.catalog.transaction(bump=False):
@@ -224,6 +230,7 @@ class Indexer:
                     "size": e.size,
                     "mtime_ns": e.mtime_ns,
                     "fingerprint": item.fingerprint,
+                    **item.capture_columns(),
                 }
                 if item.error is not None:
                     cat.upsert_item(
@@ -292,6 +299,7 @@ class Indexer:
                     height=item.height,
                     status="ok",
                     error=item.warning,
+                    **item.capture_columns(),
                 )
                 counts["indexed"] += 1
                 counts["warned"] += int(item.warning is not None)

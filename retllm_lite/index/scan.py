@@ -3,7 +3,10 @@
 Symlinks are followed (to files and folders) with a guard against loops; hidden
 entries (".name") are skipped unless asked for. Nothing here raises for a bad entry:
 unreadable folders, loops and dangling links are reported as ``Skipped`` with a
-one-line reason. Paths are raw bytes so any file name survives.
+one-line reason. So are the files beside photos that are not photos (sidecars, the
+video of a Live Photo) and photos whose decoder is not installed (HEIC without
+pillow-heif, RAW without rawpy: the reason says what to install; see
+``encode/formats.py``). Paths are raw bytes so any file name survives.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
-)
+from ..encode import formats
+
+IMAGE_EXTENSIONS = formats.IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,16 @@ class Skipped:
 
 def is_image_name(name: bytes) -> bool:
     return os.path.splitext(name)[1].lower().decode("ascii", "replace") in IMAGE_EXTENSIONS
+
+
+def _not_a_photo(name: bytes, stills: set[bytes]) -> str | None:
+    """Why a file beside photos is skipped: a sidecar or a Live Photo's video (None: not one of those)."""
+    ext = formats.extension(name)
+    if ext in formats.SIDECAR_EXTENSIONS:
+        return f"sidecar file ({ext[1:].upper()} metadata), not a photo"
+    if ext in formats.LIVE_PHOTO_VIDEO_EXTENSIONS and os.path.splitext(name)[0].lower() in stills:
+        return "Live Photo video (its photo beside it is indexed): videos are not indexed"
+    return None
 
 
 def _reason(exc: OSError) -> str:
@@ -58,7 +71,8 @@ def scan(root: str | bytes | os.PathLike, hidden: bool = False) -> Iterator[File
         return
     if stat.S_ISREG(st.st_mode):
         if is_image_name(root_b):
-            yield FileEntry(root_b, st.st_size, st.st_mtime_ns)
+            missing = formats.missing_decoder(root_b)
+            yield Skipped(root_b, missing) if missing else FileEntry(root_b, st.st_size, st.st_mtime_ns)
         return
     seen_dirs: set[tuple[int, int]] = {(st.st_dev, st.st_ino)}
     stack = [root_b]
@@ -71,6 +85,12 @@ def scan(root: str | bytes | os.PathLike, hidden: bool = False) -> Iterator[File
             yield Skipped(folder, _reason(exc))
             continue
         subdirs = []
+        # Live Photo stills by lower-cased stem: their videos beside them are skipped, with why
+        stills = {
+            os.path.splitext(e.name)[0].lower()
+            for e in entries
+            if formats.extension(e.name) in formats.LIVE_PHOTO_STILL_EXTENSIONS
+        }
         for entry in entries:
             name = entry.name
             if not hidden and name.startswith(b"."):
@@ -92,7 +112,12 @@ def scan(root: str | bytes | os.PathLike, hidden: bool = False) -> Iterator[File
                 seen_dirs.add(key)
                 subdirs.append(path)
             elif stat.S_ISREG(est.st_mode) and is_image_name(name):
-                yield FileEntry(path, est.st_size, est.st_mtime_ns)
+                missing = formats.missing_decoder(name)
+                yield Skipped(path, missing) if missing else FileEntry(path, est.st_size, est.st_mtime_ns)
+            elif stat.S_ISREG(est.st_mode):
+                why = _not_a_photo(name, stills)
+                if why is not None:
+                    yield Skipped(path, why)
         stack.extend(reversed(subdirs))
 
 
@@ -112,13 +137,16 @@ def scan_changes(
     recorded: Callable[[bytes], tuple[int, int, str] | None],
     hidden: bool = False,
     retry_errors: bool = False,
+    defer: Callable[[bytes, int], bool] | None = None,
 ) -> RootChanges:
     """Scan ``root`` and sort what it holds against an index, for one indexing run.
 
     ``recorded(path)`` is the index's (size, mtime_ns, status) of a path, or None. A file
     whose size and mtime match is unchanged (unless its status is an error and
     ``retry_errors``); any other is to do. Paths already in ``seen`` (found under an
-    earlier root of the run) are passed over; the others are added to it.
+    earlier root of the run) are passed over; the others are added to it. A file for which
+    ``defer(path, mtime_ns)`` is true is left out of this run (still being written: a later
+    run takes it).
     """
     out = RootChanges()
     for found in scan(root, hidden=hidden):
@@ -128,6 +156,8 @@ def scan_changes(
         if found.path in seen:
             continue
         seen.add(found.path)
+        if defer is not None and defer(found.path, found.mtime_ns):
+            continue
         out.scanned += 1
         row = recorded(found.path)
         if (

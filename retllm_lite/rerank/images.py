@@ -33,6 +33,8 @@ class RGBImage:
 def load_rgb(image: ImageInput) -> RGBImage:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    from retllm_lite.encode import formats
+    from retllm_lite.encode.preprocess import ImageLoadError, load_image
     from retllm_lite.transparency import flatten_transparency
 
     if isinstance(image, Image.Image):
@@ -43,11 +45,18 @@ def load_rgb(image: ImageInput) -> RGBImage:
         name = str(path)
         if not path.is_file():
             raise BadInput(f"image not found: {path}")
-        try:
-            img = Image.open(path)
-            img.load()
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise BadInput(f"cannot read image {path}: {exc}") from exc
+        if formats.kind_of(path) in ("heif", "avif", "raw"):
+            # phone and camera formats: decoded (upright, guarded) as indexing decodes them
+            try:
+                img = load_image(path).image
+            except ImageLoadError as exc:
+                raise BadInput(f"cannot read image {path}: {exc}") from None
+        else:
+            try:
+                img = Image.open(path)
+                img.load()
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise BadInput(f"cannot read image {path}: {exc}") from exc
     try:
         img = ImageOps.exif_transpose(img)
         rgb = flatten_transparency(img).convert("RGB")

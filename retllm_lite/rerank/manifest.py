@@ -32,7 +32,7 @@ def read_manifest(directory: str | Path, *, verify: bool = True) -> VlmFiles:
     """The files of a converted VLM, checked against the manifest's size and sha256.
 
     The check hashes a file once and remembers it by (path, size, mtime) (see
-    ``retllm_lite.integrity``), so loading a multi-GB model again costs nothing.
+    ``retllm_lite.hashing``), so loading a multi-GB model again costs nothing.
     """
     d = Path(directory).expanduser()
     path = d / MANIFEST

@@ -80,7 +80,7 @@ class ThumbnailCache:
             return Thumbnail(path, key)
         data = read_indexed_file(row)
         try:
-            img = make_thumbnail(data, px)
+            img = make_thumbnail(data, px, name=row.path)
         except ImageLoadError as exc:
             raise NotServable(422, f"cannot show this image: {exc}") from None
         buf = io.BytesIO()

@@ -13,7 +13,6 @@ refreshed if an indexer committed since (``Index.refresh``), so results follow a
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import threading
 import time
@@ -22,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import BadInput
+from ..index.capture import read_capture
 from ..index.catalog import ItemRow
+from ..index.dates import NO_DATE
 from ..index.store import Index
 from ..pipeline import DEFAULT_RERANK_K, RerankOptions, Retriever, SearchHit
 from .files import NotServable, ThumbnailCache, read_indexed_file
@@ -107,10 +108,7 @@ def hit_dict(hit: SearchHit, row: ItemRow | None) -> dict:
     out["moved"] = moved
     has_image = hit.path is not None and hit.modality != "text"
     out["thumbnail"] = f"/api/items/{hit.id}/thumbnail?size=256" if has_image else None
-    date = item_date(row) if row is not None else None
-    out["date"] = date.when.isoformat(timespec="seconds") if date else None
-    out["date_source"] = date.source if date else None
-    return out
+    return out  # date, date_source and camera are the hit's own (the catalog's, as in --json)
 
 
 class ServedIndex:
@@ -232,20 +230,22 @@ class ServedIndex:
             "size": row.size,
             "width": row.width,
             "height": row.height,
-            "date": None,
-            "date_source": None,
+            **NO_DATE,
             "exif": None,
             "thumbnail": None,
             "image": None,
         }
         date = item_date(row)
         if date is not None:
-            out["date"], out["date_source"] = date.when.isoformat(timespec="seconds"), date.source
+            out.update(date.to_dict())
         if row.path is not None and row.modality != "text":
             out["thumbnail"] = f"/api/items/{row.id}/thumbnail?size=256"
             out["image"] = f"/api/items/{row.id}/thumbnail?size=1024"
-            loop = asyncio.get_running_loop()
-            out["exif"] = await loop.run_in_executor(self._thumbs, _exif_of, row)
+            if row.taken_source is not None:  # the catalog has read the EXIF: no file read
+                out["exif"] = _exif_dict(row.taken, row.camera)
+            else:  # an index made before capture times were recorded (until its next run)
+                loop = asyncio.get_running_loop()
+                out["exif"] = await loop.run_in_executor(self._thumbs, _exif_of, row)
         return out
 
     async def thumbnail(self, item_id: int, px: int):
@@ -313,25 +313,15 @@ def _decoded(data: bytes):
         raise BadInput(f"the uploaded image: {exc}", hint="send a readable image file") from None
 
 
-def _exif_of(row: ItemRow) -> dict | None:
-    """The EXIF capture time and camera of an indexed image, read from the file (None: none)."""
-    from PIL import Image
+def _exif_dict(taken: str | None, camera: str | None) -> dict | None:
+    return {"datetime_original": taken, "camera": camera} if taken or camera else None
 
+
+def _exif_of(row: ItemRow) -> dict | None:
+    """The EXIF capture time and camera of an indexed image whose row has none yet, from the file."""
     try:
         data = read_indexed_file(row)
-        with Image.open(io.BytesIO(data)) as img:
-            exif = img.getexif()
-            sub = exif.get_ifd(0x8769)  # Exif IFD: DateTimeOriginal lives here
-    except (NotServable, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except NotServable:
         return None
-    taken = sub.get(0x9003) or exif.get(0x0132)
-    model = exif.get(0x0110)
-    make = exif.get(0x010F)
-    if not (taken or model or make):
-        return None
-    clean = lambda v: str(v).strip("\x00 ").strip() or None  # noqa: E731
-    return {
-        "datetime_original": clean(taken) if taken else None,
-        "make": clean(make) if make else None,
-        "model": clean(model) if model else None,
-    }
+    found = read_capture(data, row.path)
+    return _exif_dict(found.taken, found.camera)

@@ -20,8 +20,12 @@ from ..transparency import flatten_transparency
 __all__ = ["ImageLoadError", "jpeg_data_uri", "make_thumbnail"]
 
 
-def make_thumbnail(source: str | os.PathLike | bytes | Image.Image, max_px: int = 256) -> Image.Image:
+def make_thumbnail(
+    source: str | os.PathLike | bytes | Image.Image, max_px: int = 256, name: str | bytes | None = None
+) -> Image.Image:
     """An upright RGB copy of ``source`` whose longer side is at most ``max_px``.
+
+    ``name``: the file name of ``source`` bytes (camera RAW files are told apart by it).
 
     Raises ImageLoadError (one-line reason) for a missing or unreadable image.
     """
@@ -31,7 +35,7 @@ def make_thumbnail(source: str | os.PathLike | bytes | Image.Image, max_px: int 
         raise ImageLoadError("no such file (moved or deleted since indexing?)")
     # draft_factor=1: a JPEG is decoded at the smallest scale whose short side >= max_px,
     # which is always enough for a thumbnail that fits max_px on its long side.
-    img = load_image(source, target_size=max_px, draft_factor=1.0).image
+    img = load_image(source, target_size=max_px, draft_factor=1.0, name=name).image
     img = flatten_transparency(img).convert("RGB")
     if max(img.size) > max_px:
         img.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)

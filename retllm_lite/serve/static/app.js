@@ -297,8 +297,8 @@ async function openDetail(id) {
     const rows = [
       ["path", item.path],
       [item.date_source === "exif" ? "taken" : "file date", item.date ? item.date.replace("T", " ") : null],
-      ["EXIF date", item.exif && item.exif.datetime_original],
-      ["camera", item.exif && [item.exif.make, item.exif.model].filter(Boolean).join(" ")],
+      ["EXIF date", item.exif && item.exif.datetime_original && item.exif.datetime_original.replace("T", " ")],
+      ["camera", item.camera || (item.exif && item.exif.camera)],
       ["size", item.width && item.height ? `${item.width} × ${item.height}` : null],
       ["bytes", item.size != null ? item.size.toLocaleString() : null],
     ];
