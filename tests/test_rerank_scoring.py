@@ -365,3 +365,39 @@ def test_kv_states_of_candidate_images_are_reused_across_queries(
         assert (sc.stats.states_restored, sc.stats.states_saved) == (3, 1)
     for got, want in zip(again, naive, strict=True):
         assert abs(got.p_true - want.p_true) < 1e-4
+
+
+def test_other_families_kv_states_cover_the_whole_candidate_image(
+    other_family_scorer, vlm_images, vlm_captions, tmp_path
+):
+    """Qwen2-VL and SmolVLM: a warm text -> image query restores header + every chunk of the image.
+
+    SmolVLM tiles a picture (one chunk a tile, row/column marker text between them): the saved
+    head must end after the last tile, or every later query decodes the other tiles again.
+    Scores after a restore equal the naive path's (f32 GGUF, f16 KV: 1e-4).
+    """
+    from retllm_lite.rerank.state_cache import StateCache
+
+    sc = other_family_scorer
+    cands = [Item(image=im) for im in vlm_images[:3]]
+    sc.clear_caches()
+    sc.state_cache = StateCache("fam", root=tmp_path / "states")
+    try:
+        sc.answer_probs(Item(text=vlm_captions[0]), cands)
+        chunks = [sum(s.kind == "image" for s in sc.layout(Item(text=vlm_captions[1]), c)) for c in cands]
+        if sc.rt.mmproj_info.metadata.get("clip.projector_type") == "idefics3":
+            assert max(chunks) > 1  # the case this test is for: tiled pictures
+        before = (sc.stats.states_restored, sc.stats.image_runs_decoded)
+        warm = sc.answer_probs(Item(text=vlm_captions[1]), cands)
+        assert sc.stats.states_restored - before[0] == len(cands)
+        assert sc.stats.image_runs_decoded == before[1]  # no image chunk decoded again
+        enhanced = sc.answer_probs(Item(text=vlm_captions[1]), cands, enhanced=True)
+        assert sc.stats.image_runs_decoded - before[1] == sum(chunks)  # only the re-inserted copies
+    finally:
+        sc.state_cache = None
+    naive = [sc.answer_probs(Item(text=vlm_captions[1]), [c], fast=False)[0] for c in cands]
+    naive_enh = [
+        sc.answer_probs(Item(text=vlm_captions[1]), [c], enhanced=True, fast=False)[0] for c in cands
+    ]
+    for got, want in [*zip(warm, naive, strict=True), *zip(enhanced, naive_enh, strict=True)]:
+        assert abs(got.p_true - want.p_true) < 1e-4 and abs(got.p_false - want.p_false) < 1e-4

@@ -36,6 +36,7 @@ class ScorerStats:
     prefix_units_reused: int = 0
     states_saved: int = 0
     states_restored: int = 0
+    image_runs_decoded: int = 0  # image chunks decoded (a restored state decodes none of its own)
 
 
 @dataclass
@@ -68,6 +69,22 @@ def piece_bounds(n: int, step: int, whole: bool) -> list[tuple[int, int]]:
     if not whole and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
         bounds[-2] -= 1
     return list(itertools.pairwise(bounds))
+
+
+def image_end(body: list[Run], first: int, n_chunks: int) -> int:
+    """Index just past the last chunk of the image whose first chunk is ``body[first]``.
+
+    A tiled picture (Idefics3/SmolVLM: one chunk a tile, with row/column marker text
+    between tiles) is several runs; the query-independent head of a text -> image prompt
+    ends after its last tile, not its first. The same image seen again later
+    (enhancement) starts over at chunk 0, so it is not part of this one.
+    """
+    image = body[first].key[1]
+    for k in range(first, len(body)):
+        r = body[k]
+        if r.chunk is not None and r.key[1] == image and r.key[2] == n_chunks - 1:
+            return k + 1
+    return first + 1
 
 
 def split_shared(runs: list[list[Run]]) -> tuple[list[Run], list[list[Run]]]:
@@ -245,7 +262,7 @@ class PrefixDecoder:
     def restore_or_decode(self, seq: int, start: int, body: list[Run]) -> int:
         """Put prefix + ``body`` on ``seq``; returns the next position.
 
-        With a state cache, the head up to the body's first image (the query-independent part
+        With a state cache, the head through the body's first image, all its tiles (the query-independent part
         of a text -> image prompt: chat header + candidate image) is restored from a saved
         state when known, else decoded and saved; the rest of the body is decoded.
         """
@@ -257,7 +274,7 @@ class PrefixDecoder:
             for r in body:
                 pos = self.decode_run(r, pos, seq)
             return pos
-        cut = images[0] + 1
+        cut = image_end(body, images[0], len(self.embeddings[body[images[0]].key[1]]))
         key = head_key([*self._prefix, *(r.key for r in body[:cut])])
         got = self.states.get(key)
         pos = None
@@ -296,6 +313,7 @@ class PrefixDecoder:
 
     def decode_run(self, run: Run, pos: int, seq: int) -> int:
         if run.chunk is not None:
+            self.stats.image_runs_decoded += 1
             embd = self.embeddings[run.key[1]][run.key[2]]
             return self.rt.decode_image(run.chunk, embd, pos, seq)
         for a, b in piece_bounds(len(run.tokens), self.rt.n_batch, run.whole):
