@@ -214,7 +214,8 @@ def run_llama(args: argparse.Namespace, model: Path, layouts_out: Path) -> dict:
         [im] = photos(1, size, offset=500)
         sc.clear_caches()
         sc.state_cache = None
-        result["vision_encoder_ms_per_image"] = 1000 * timed(sc.prepare, [im])[0]
+        seconds, _, result["vision_encoder_peak_rss_mb"] = timed_peak(sc.prepare, [im])
+        result["vision_encoder_ms_per_image"] = 1000 * seconds
         result["n_image_tokens_budget"] = [sc.rt.min_image_tokens, sc.rt.max_image_tokens]
         result["answer_ids"] = [sc.true_id, sc.false_id]
     import llama_cpp
