@@ -73,8 +73,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+_closed_windows: list[float] = []  # peak RSS of each window closed by reset_peak_rss
+
+
 def reset_peak_rss() -> None:
-    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM).
+
+    The reset also lowers ``ru_maxrss``, so the closing window's peak is kept for
+    ``process_peak_rss_mb``.
+    """
+    _closed_windows.append(window_peak_rss_mb())
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
 
@@ -86,6 +94,11 @@ def window_peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return peak_rss_mb()
+
+
+def process_peak_rss_mb() -> float:
+    """Peak RSS over the whole process, across every reset window."""
+    return max([window_peak_rss_mb(), *_closed_windows])
 
 
 def timed_peak(fn, *args, **kwargs):
@@ -221,7 +234,7 @@ def run_llama(args: argparse.Namespace, model: Path, layouts_out: Path) -> dict:
     import llama_cpp
 
     result["llama_cpp_system_info"] = llama_cpp.llama_print_system_info().decode().strip()
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = process_peak_rss_mb()
     result["model_bytes"] = Path(files.model).stat().st_size
     result["mmproj_bytes"] = Path(files.mmproj).stat().st_size
     layouts_out.write_text(json.dumps(layouts))
