@@ -1,6 +1,6 @@
 """Fine-stage cost at a real model's shape: seconds per query, by direction, k and cache state.
 
-    python benchmarks/rerank_real_shape.py [--shape qwen2-vl-2b|smolvlm-500m] [--type q4_k_m]
+    python benchmarks/rerank_real_shape.py [--shape qwen2-vl-2b|smolvlm-500m|gemma-3-4b] [--type q4_k_m]
         [--mmproj-type q8_0|f16] [--k 5 10] [--directions t2i i2t] [--reference float32|bfloat16|none]
         [--threads N] [--image-size 448 448]
 
@@ -62,7 +62,7 @@ CAPTIONS = [
     "A man reads a newspaper on a bench.",
     "Boats are moored in a quiet harbour.",
 ]
-KINDS = {"qwen2-vl-2b": "qwen2vl", "smolvlm-500m": "idefics3"}
+KINDS = {"qwen2-vl-2b": "qwen2vl", "smolvlm-500m": "idefics3", "gemma-3-4b": "gemma3"}
 
 
 def log(msg: str) -> None:
@@ -134,6 +134,21 @@ def model_dirs(shape: str, qtype: str, mmproj_type: str) -> tuple[Path, Path]:
                     name=f"{shape}-random", n_threads=physical_cores())  # fmt: skip
         log(f"  converted in {time.perf_counter() - t:.0f} s")
     return hf, out
+
+
+def checkout_parameters(hf: Path) -> int:
+    """Parameters in a safetensors checkout, from the files' headers (nothing loaded)."""
+    total = 0
+    for path in sorted(hf.glob("*.safetensors")):
+        with open(path, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                n = 1
+                for dim in entry["shape"]:
+                    n *= dim
+                total += n
+    return total
 
 
 def photos(n: int, size: tuple[int, int], offset: int = 0) -> list:
@@ -346,6 +361,7 @@ def main() -> None:
         "text_type": args.type,
         "mmproj_type": args.mmproj_type,
         "random_weights": True,
+        "checkout_parameters": checkout_parameters(hf),
         "image_size": args.image_size,
         "table": table,
         "llama": llama,

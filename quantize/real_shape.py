@@ -21,6 +21,16 @@ tiles), pixel shuffle 4 (64 tokens a tile); processor longest edge 2048 (4 x 512
 512-pixel tiles, so a photo costs a 4 x 4 grid of tiles plus an overview: 17 x 64 = 1088
 image tokens. About 507M parameters.
 
+``GEMMA3_4B``: google/gemma-3-4b-it, from its ``config.json`` on the Hugging Face Hub (the
+keys it sets) and transformers' ``Gemma3TextConfig`` defaults (the ones it leaves out): text
+34 layers, hidden 2560, FFN 10240, 8 attention heads / 4 KV heads of 256 (query scale
+256), vocabulary 262208, tied embeddings, sliding window 1024 on five layers of six, rope
+theta 1e6 (global layers, linear scaling 8) and 1e4 (local); vision SigLIP so400m-patch14
+(27 layers, width 1152, FFN 4304, 16 heads, 14-pixel patches) at 896 x 896 pixels, its
+4096 patches average-pooled to ``mm_tokens_per_image`` 256, whatever the photo's size.
+About 4.30B parameters; the published Q4_K_M text GGUF (ggml-org/gemma-3-4b-it-GGUF) is
+2.49 GB and its f16 projector 851 MB.
+
 The tokenizer stays the tiny builders' 512-piece one (the converter pads the vocabulary to
 the model's size), which does not change any matrix shape.
 """
@@ -70,15 +80,47 @@ SMOLVLM_500M = {
     "processor": {"longest_edge": 2048, "tile": 512},
 }
 
-SHAPES = {"qwen2-vl-2b": QWEN2_VL_2B, "smolvlm-500m": SMOLVLM_500M}
+GEMMA3_4B = {
+    "top": {"mm_tokens_per_image": 256},
+    "text": {
+        "vocab_size": 262208,
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "num_hidden_layers": 34,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 1024,
+        "max_position_embeddings": 131072,
+        "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+    },
+    "vision": {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "image_size": 896,
+        "patch_size": 14,
+    },
+}
+
+SHAPES = {"qwen2-vl-2b": QWEN2_VL_2B, "smolvlm-500m": SMOLVLM_500M, "gemma-3-4b": GEMMA3_4B}
 
 
 def build_real_shape(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     """A random-weight checkout of ``name``'s exact architecture (bf16 safetensors)."""
     from retllm_lite.quantize.tiny_qwen2vl import build_tiny_qwen2vl
     from retllm_lite.quantize.tiny_smolvlm import build_tiny_smolvlm
+    from retllm_lite.quantize.tiny_vlm import build_tiny_gemma3
 
-    builders = {"qwen2-vl-2b": build_tiny_qwen2vl, "smolvlm-500m": build_tiny_smolvlm}
+    builders = {
+        "qwen2-vl-2b": build_tiny_qwen2vl,
+        "smolvlm-500m": build_tiny_smolvlm,
+        "gemma-3-4b": build_tiny_gemma3,
+    }
     if name not in SHAPES:
         raise KeyError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
     # std 0.02 (transformers' initializer_range): keeps dozens of layers' activations finite

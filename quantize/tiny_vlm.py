@@ -147,7 +147,19 @@ def _train_tokenizer(work: Path, seed: int) -> Path:
     return model_path
 
 
-def _config(piece_id: dict[str, int], vision: VisionShape) -> dict[str, Any]:
+def _config(
+    piece_id: dict[str, int], vision: VisionShape, shape: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The checkout's config; ``shape`` overrides top-level, text and vision entries (real shapes)."""
+    cfg = _tiny_config(piece_id, vision)
+    shape = shape or {}
+    cfg.update(shape.get("top", {}))
+    for part in ("text", "vision"):
+        cfg[f"{part}_config"].update(shape.get(part, {}))
+    return cfg
+
+
+def _tiny_config(piece_id: dict[str, int], vision: VisionShape) -> dict[str, Any]:
     return {
         "architectures": ["Gemma3ForConditionalGeneration"],
         "model_type": "gemma3",
@@ -224,6 +236,10 @@ def build_tiny_gemma3(
     answer_boost: float = 2.0,
     vision: VisionShape = TINY,
     answer_log_odds: float | None = None,
+    *,
+    shape: dict[str, dict[str, Any]] | None = None,
+    init_std: float = 0.08,
+    dtype: str = "float32",
 ) -> Path:
     """Write a tiny random Gemma3 checkout to ``out_dir`` (created; must not exist or be empty).
 
@@ -231,6 +247,10 @@ def build_tiny_gemma3(
     ``export`` extra (torch, transformers 4.57, sentencepiece). ``vision`` sets the image
     side (``REAL_TOKEN_COUNT``: 256 tokens per image, as real Gemma 3, for benchmarks).
     ``answer_log_odds`` shapes the answer like a confident model's (``_calibrate_answer_odds``).
+    ``shape`` (``real_shape.GEMMA3_4B``) gives it a published model's dimensions for honest
+    speed and memory figures (its ``vision`` entries also set the processor's image size and
+    the image token count); ``dtype`` is what the weights are built and saved in (a 4B model
+    built in bfloat16 needs 9 GB instead of 17).
     """
     transformers = require("transformers", "export", "Building the tiny test VLM")
     torch = require("torch", "export", "Building the tiny test VLM")
@@ -241,10 +261,19 @@ def build_tiny_gemma3(
         proc = spm.SentencePieceProcessor(model_file=str(tok_model))
         piece_id = {proc.id_to_piece(i): i for i in range(proc.get_piece_size())}
 
-        config = transformers.Gemma3Config(**_config(piece_id, vision))
+        if shape:
+            vision = _vision_shape(shape)
+        config = transformers.Gemma3Config(**_config(piece_id, vision, shape))
         torch.manual_seed(seed)
-        model = transformers.Gemma3ForConditionalGeneration(config).eval()
-        reinit_weights(model, seed, piece_id, answer_boost, anchor="\n", answers=("True", "False"))
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(getattr(torch, dtype))  # built in its dtype: no f32 copy
+        try:
+            model = transformers.Gemma3ForConditionalGeneration(config).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)
+        reinit_weights(
+            model, seed, piece_id, answer_boost, anchor="\n", answers=("True", "False"), std=init_std
+        )
         if answer_log_odds is not None:
             _calibrate_answer_odds(model, proc, piece_id, answer_log_odds)
         model.save_pretrained(stage, safe_serialization=True)
@@ -254,6 +283,18 @@ def build_tiny_gemma3(
         _write_preprocessor(stage, vision)
         set_top_level_ids(stage, bos=BOS, eos=EOS, pad=PAD)
     return Path(out_dir)
+
+
+def _vision_shape(shape: dict[str, dict[str, Any]]) -> VisionShape:
+    """The processor's side of a real shape: image size, patch size, tokens per image."""
+    v = shape["vision"]
+    return VisionShape(
+        image_size=v["image_size"],
+        patch_size=v["patch_size"],
+        tokens_per_image=shape["top"]["mm_tokens_per_image"],
+        layers=v["num_hidden_layers"],
+        hidden=v["hidden_size"],
+    )
 
 
 def _write_tokenizer_files(stage: Path) -> None:

@@ -31,7 +31,8 @@ def prompt_ids(segments: Sequence[Any], image_token: int) -> tuple[list[int], li
 class HFReference:
     """A transformers VLM checkout run on llama.cpp prompt layouts: next-token probabilities.
 
-    ``kind`` is "qwen2vl" or "idefics3" (SmolVLM). For Qwen2-VL, ``min_tokens`` /
+    ``kind`` is "qwen2vl", "idefics3" (SmolVLM) or "gemma3" (image tokens marked by
+    ``token_type_ids``, which Gemma 3 attends over both ways). For Qwen2-VL, ``min_tokens`` /
     ``max_tokens`` set the processor's pixel budget to the scorer's image-token budget
     (tokens x 28 x 28), so both cut an image into the same grid.
 
@@ -62,13 +63,15 @@ class HFReference:
         cls = {
             "qwen2vl": transformers.Qwen2VLForConditionalGeneration,
             "idefics3": transformers.Idefics3ForConditionalGeneration,
+            "gemma3": transformers.Gemma3ForConditionalGeneration,
         }[kind]
         self.model = model or cls.from_pretrained(checkout, dtype=getattr(torch, dtype)).eval()
         kwargs: dict[str, Any] = {}
         if kind == "qwen2vl" and max_tokens:
             kwargs = {"min_pixels": (min_tokens or 4) * 28 * 28, "max_pixels": max_tokens * 28 * 28}
         self.processor = transformers.AutoImageProcessor.from_pretrained(checkout, use_fast=False, **kwargs)
-        self.image_token = self.model.config.image_token_id
+        config = self.model.config
+        self.image_token = config.image_token_index if kind == "gemma3" else config.image_token_id
         if kind == "idefics3" and idefics3_positions == "identity":
             _identity_tile_positions(self.model.model.vision_model.embeddings, torch)
 
@@ -78,7 +81,15 @@ class HFReference:
         ids, counts = prompt_ids(segments, self.image_token)
         input_ids = torch.tensor([ids])
         out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        gemma = self.kind == "gemma3"
+        if gemma:
+            types = [int(i == self.image_token) for i in ids]
+            out["token_type_ids"] = torch.tensor([types])
         if not images:
+            return out
+        if gemma:
+            pix = [self.processor(images=im, return_tensors="pt")["pixel_values"] for im in images]
+            out["pixel_values"] = torch.cat(pix)
             return out
         # Idefics3 takes one list of images per sample (its tiles stacked in one row)
         batch = list(images) if self.kind == "qwen2vl" else [list(images)]

@@ -210,29 +210,18 @@ def hf_forward(tiny_vlm_hf):
     (``llama_numerics.emulate_llama_cpp``). ``forward.models`` holds both.
     """
     import torch
-    from transformers import AutoImageProcessor, Gemma3ForConditionalGeneration
+    from transformers import Gemma3ForConditionalGeneration
 
+    from hf_vlm import HFReference
     from llama_numerics import emulate_llama_cpp
 
     model = Gemma3ForConditionalGeneration.from_pretrained(tiny_vlm_hf, dtype=torch.float32).eval()
     models = {"torch": model, "llama.cpp": emulate_llama_cpp(model).eval()}
-    processor = AutoImageProcessor.from_pretrained(tiny_vlm_hf, use_fast=False)
-    image_token = model.config.image_token_index
+    reference = HFReference(tiny_vlm_hf, "gemma3", model=model)  # the prompt's inputs
 
     def forward(segments, images, numerics: str = "torch", **kwargs):
-        ids: list[int] = []
-        types: list[int] = []
-        for seg in segments:
-            if seg.kind == "text":
-                ids += seg.tokens
-                types += [0] * len(seg.tokens)
-            else:
-                ids += [image_token] * seg.n_tokens
-                types += [1] * seg.n_tokens
-        pixels = torch.cat([processor(images=im, return_tensors="pt")["pixel_values"] for im in images])
         with torch.no_grad():
-            return models[numerics](input_ids=torch.tensor([ids]), pixel_values=pixels,
-                                    token_type_ids=torch.tensor([types]), **kwargs)  # fmt: skip
+            return models[numerics](**reference.inputs(segments, images), **kwargs)
 
     forward.models = models
     return forward
