@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -142,12 +143,7 @@ def checkout_parameters(hf: Path) -> int:
     for path in sorted(hf.glob("*.safetensors")):
         with open(path, "rb") as fh:
             header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                n = 1
-                for dim in entry["shape"]:
-                    n *= dim
-                total += n
+        total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
     return total
 
 
